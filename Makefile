@@ -1,0 +1,68 @@
+# One command equals CI: `make check` is what .ci/run runs after `make deps`.
+SHELL      := /bin/bash
+GO         ?= go
+GOFLAGS    ?= -buildvcs=false
+export GOFLAGS
+GOBIN      := $(shell $(GO) env GOPATH)/bin
+STATICCHECK := $(GOBIN)/staticcheck
+BENCHSTAT   := $(GOBIN)/benchstat
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BIN        := bin/overlay
+PKGS       := ./...
+
+.PHONY: all build test race check fmt vet staticcheck deps demo e2e bench bench-go bench-quick fuzz clean bench-go-once
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/overlay
+
+# Debian packages the tests, the demo and the benchmark suite use, and the
+# Go tools `make check` runs. Safe to run again; needs root.
+deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  need=""; \
+	  for p in iproute2:ip iputils-ping:ping iperf3:iperf3 sockperf:sockperf tcpdump:tcpdump kmod:modprobe procps:ps; do \
+	    command -v $${p#*:} >/dev/null || need="$$need $${p%%:*}"; \
+	  done; \
+	  if [ -n "$$need" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need; \
+	  fi; \
+	fi
+	@test -x $(STATICCHECK) || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+	@test -x $(BENCHSTAT) || $(GO) install golang.org/x/perf/cmd/benchstat@latest
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go') $$(git ls-files --others --exclude-standard '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+	GOOS=darwin $(GO) build $(PKGS)
+
+staticcheck:
+	$(STATICCHECK) $(PKGS)
+
+test:
+	$(GO) test $(PKGS)
+
+# The race detector over every package, root tests included when run as root.
+race:
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+check: fmt vet staticcheck race bench-go-once
+
+# Every Go benchmark once, so none of them rots; figures are not judged here.
+bench-go-once:
+	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS)
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 $(PKGS) | tee bench-go.txt
+	$(BENCHSTAT) bench-go.txt
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecap$$' -fuzztime 60s ./encap
+	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime 60s ./encap
+
+clean:
+	rm -rf bin bench-go.txt
