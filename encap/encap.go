@@ -1,29 +1,3 @@
-// Package encap implements the VXLAN framing of RFC 7348 as flannel's kernel
-// vxlan backend puts it on the wire, for a datapath whose local side is a TUN
-// device carrying bare IP packets.
-//
-// A VXLAN frame on the underlay is an outer IP + UDP header (written by the
-// kernel's UDP socket), the 8-byte VXLAN header, and a whole inner Ethernet
-// frame. A TUN device has no link layer, so this package synthesizes the inner
-// Ethernet header: destination = the peer's VtepMAC (a kernel VTEP drops
-// frames whose inner destination is not its own address), source = our own
-// VtepMAC, EtherType from the IP version nibble.
-//
-// # Design notes
-//
-// Encapsulation works in place. The caller reads each IP packet into a buffer
-// at offset Headroom, and Encap fills buf[:Headroom] with the VXLAN and
-// Ethernet headers; nothing is copied and nothing is allocated. Decap is the
-// mirror: it validates a received frame and returns the inner IP packet as a
-// subslice of it, so the datapath can hand it to the TUN where it lies.
-//
-// Every reason a received frame can be rejected has its own sentinel error,
-// returned unwrapped, so the datapath can count drops by reason with a switch
-// and no allocation. Reserved fields are written as zero and ignored on
-// receive (RFC 7348 section 5).
-//
-// Nothing here makes a system call; the package is safe for concurrent use
-// because it has no state beyond its arguments.
 package encap
 
 import (
@@ -95,10 +69,16 @@ const (
 const MaxVNI = 1<<24 - 1
 
 // VNI is a VXLAN Network Identifier. The zero value is VNI 0, which is valid
-// on the wire; flannel's default is 1.
+// on the wire; flannel's default is 1. A VNI made with NewVNI always fits the
+// 24-bit field; a larger value made by conversion is rejected by Encap with
+// ErrVNIRange and never matches a received frame in Decap.
 type VNI uint32
 
-// ErrVNIRange reports a VNI that does not fit in 24 bits.
+// Valid reports whether v fits the 24-bit VNI field.
+func (v VNI) Valid() bool { return v <= MaxVNI }
+
+// ErrVNIRange reports a VNI that does not fit in 24 bits. NewVNI wraps it
+// with the bad value; Encap returns it unwrapped. Reject the configuration.
 var ErrVNIRange = errors.New("encap: VNI out of range (0-16777215)")
 
 // NewVNI returns v as a VNI, or ErrVNIRange if it does not fit in 24 bits.
@@ -110,7 +90,7 @@ func NewVNI(v uint32) (VNI, error) {
 }
 
 // MAC is an Ethernet address in the form the hot path wants: comparable,
-// copyable, never nil.
+// copyable, never nil. The zero value is 00:00:00:00:00:00.
 type MAC [macLen]byte
 
 // MACFrom converts a net.HardwareAddr of 6 bytes to a MAC.
@@ -142,9 +122,9 @@ func (m MAC) HardwareAddr() net.HardwareAddr { return append(net.HardwareAddr(ni
 // Errors returned by Encap and Decap. They are returned unwrapped, so a
 // datapath may compare them with == (or errors.Is) and count drops by reason.
 var (
-	// ErrShortBuffer: the buffer has no room for Headroom bytes before the
-	// packet, or the frame is shorter than the VXLAN and Ethernet headers.
-	// The caller drops the frame.
+	// ErrShortBuffer: Encap was given a buffer with no IP packet after the
+	// Headroom bytes, or Decap a frame shorter than the VXLAN and Ethernet
+	// headers. The caller drops the packet.
 	ErrShortBuffer = errors.New("encap: frame shorter than VXLAN and Ethernet headers")
 	// ErrNoIFlag: the VXLAN I flag is clear, so the VNI is not valid
 	// (RFC 7348 section 5). The caller drops the frame.
@@ -154,9 +134,10 @@ var (
 	// ErrNotOurMAC: the inner destination MAC is not our VtepMAC; a kernel
 	// VTEP drops these too, so we do the same.
 	ErrNotOurMAC = errors.New("encap: inner destination MAC is not our VtepMAC")
-	// ErrARP: the inner frame is ARP. flannel's kernel backend programs
-	// static neighbour entries and never needs ARP across the overlay, so a
-	// peer sending ARP is misconfigured. Dropped and counted on its own.
+	// ErrARP: the inner frame is ARP, whatever its destination MAC (requests
+	// are broadcast). flannel's kernel backend programs static neighbour
+	// entries and never needs ARP across the overlay, so a peer sending ARP
+	// is misconfigured. Dropped and counted on its own.
 	ErrARP = errors.New("encap: inner frame is ARP")
 	// ErrEtherType: the inner EtherType is neither IPv4 nor IPv6. Dropped.
 	ErrEtherType = errors.New("encap: inner EtherType is not IPv4 or IPv6")
@@ -172,13 +153,17 @@ var (
 // buf[Headroom:] into buf[:Headroom], in place. dst is the peer's VtepMAC and
 // src our own. The EtherType follows the packet's IP version nibble.
 //
-// It returns ErrShortBuffer if buf holds no IP packet after the headroom, and
-// ErrVersionMismatch if the packet is neither IPv4 nor IPv6; buf is not
-// modified then. Encap does not validate the IP header beyond its version:
-// packets come from the local kernel through the TUN.
+// It returns ErrShortBuffer if buf holds no IP packet after the headroom,
+// ErrVNIRange if vni does not fit 24 bits, and ErrVersionMismatch if the
+// packet is neither IPv4 nor IPv6; buf is not modified then. Encap does not
+// validate the IP header beyond its version: packets come from the local
+// kernel through the TUN. The frame to send is all of buf.
 func Encap(buf []byte, vni VNI, dst, src MAC) error {
 	if len(buf) <= Headroom {
 		return ErrShortBuffer
+	}
+	if vni > MaxVNI {
+		return ErrVNIRange
 	}
 	var etherType uint16
 	switch buf[Headroom] >> 4 {
@@ -197,18 +182,19 @@ func Encap(buf []byte, vni VNI, dst, src MAC) error {
 func putHeader(buf []byte, vni VNI, dst, src MAC, etherType uint16) {
 	_ = buf[Headroom-1] // one bounds check for all writes below
 	binary.BigEndian.PutUint32(buf[offFlags:], flagI<<24)
-	binary.BigEndian.PutUint32(buf[offVNI:], uint32(vni&MaxVNI)<<8)
+	binary.BigEndian.PutUint32(buf[offVNI:], uint32(vni)<<8)
 	copy(buf[offEthDst:offEthDst+macLen], dst[:])
 	copy(buf[offEthSrc:offEthSrc+macLen], src[:])
 	binary.BigEndian.PutUint16(buf[offEtherType:], etherType)
 }
 
-// Header is the decoded form of the first Headroom bytes of a frame.
+// Header is the decoded form of the first Headroom bytes of a frame. It is a
+// plain value; the zero Header is all-zero fields (no I flag).
 type Header struct {
-	Flags     uint8
-	VNI       VNI
-	Dst, Src  MAC
-	EtherType uint16
+	Flags     uint8  // VXLAN flags byte; 0x08 is the I flag, the rest reserved
+	VNI       VNI    // VXLAN Network Identifier (24 bits)
+	Dst, Src  MAC    // inner Ethernet destination and source
+	EtherType uint16 // inner EtherType
 }
 
 // ParseHeader decodes the VXLAN and inner Ethernet headers of frame without
@@ -230,9 +216,15 @@ func ParseHeader(frame []byte) (Header, error) {
 // VtepMAC local, and returns the inner IP packet as a subslice of frame,
 // trimmed to the length its IP header declares (Ethernet padding removed).
 //
-// On rejection it returns nil and exactly one of the sentinel errors above.
-// Reserved bits are ignored. The inner source MAC is not checked: peers are
+// On rejection it returns nil and exactly one of the sentinel errors above,
+// checked in this order: ErrShortBuffer, ErrNoIFlag, ErrWrongVNI, ErrARP,
+// ErrNotOurMAC, ErrEtherType, then ErrVersionMismatch (or ErrTruncatedIP
+// when there is no inner byte at all) and ErrTruncatedIP. Reserved
+// bits are ignored. The inner source MAC is not checked: peers are
 // identified by the lease table, not by what a frame claims.
+//
+// An IPv6 payload length of zero (a jumbogram, RFC 2675) yields just the
+// 40-byte header; jumbograms cannot cross a VXLAN underlay anyway.
 func Decap(frame []byte, vni VNI, local MAC) ([]byte, error) {
 	if len(frame) < Headroom {
 		return nil, ErrShortBuffer
@@ -240,20 +232,24 @@ func Decap(frame []byte, vni VNI, local MAC) ([]byte, error) {
 	if frame[offFlags]&flagI == 0 {
 		return nil, ErrNoIFlag
 	}
-	if VNI(binary.BigEndian.Uint32(frame[offVNI:])>>8) != vni&MaxVNI {
+	// A vni above MaxVNI can never equal the 24-bit field: every frame is
+	// then ErrWrongVNI, rather than aliasing a valid VNI by masking.
+	if VNI(binary.BigEndian.Uint32(frame[offVNI:])>>8) != vni {
 		return nil, ErrWrongVNI
+	}
+	etherType := binary.BigEndian.Uint16(frame[offEtherType:])
+	if etherType == EtherTypeARP {
+		return nil, ErrARP
 	}
 	if MAC(frame[offEthDst:offEthSrc]) != local {
 		return nil, ErrNotOurMAC
 	}
 	pkt := frame[Headroom:]
-	switch binary.BigEndian.Uint16(frame[offEtherType:]) {
+	switch etherType {
 	case EtherTypeIPv4:
 		return ipv4Packet(pkt)
 	case EtherTypeIPv6:
 		return ipv6Packet(pkt)
-	case EtherTypeARP:
-		return nil, ErrARP
 	default:
 		return nil, ErrEtherType
 	}
