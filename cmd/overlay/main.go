@@ -36,6 +36,9 @@ func newApp() *cli.App {
 		EnableBashCompletion: true,
 		Commands: []*cli.Command{
 			statusCommand(),
+			configCommand(),
+			leasesCommand(),
+			etcdCommand(),
 			mkDockerOptsCommand(),
 			versionCommand(),
 		},
