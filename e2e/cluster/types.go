@@ -1,0 +1,384 @@
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Addressing of every cluster the harness builds.
+var (
+	// HubIP is the hub bridge's address on the underlay; etcd listens here.
+	HubIP = netip.MustParseAddr("172.30.250.1")
+	// Underlay is the underlay network shared by the hub and every node.
+	Underlay = netip.MustParsePrefix("172.30.250.0/24")
+)
+
+// Defaults of [Options].
+const (
+	DefaultEtcdPrefix = "/coreos.com/network"
+	DefaultNetwork    = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
+	// EtcdPort is the etcd client port on HubIP.
+	EtcdPort = 2379
+	// HealthzPort is where every agent's /healthz, /readyz, /metrics and
+	// /status answer, on 127.0.0.1 inside its node namespace.
+	HealthzPort = 8471
+	// VXLANPort is flannel's (and the Linux kernel's) VXLAN UDP port.
+	VXLANPort = 8472
+	// UnderlayMTU is the MTU of every underlay link.
+	UnderlayMTU = 1500
+	// DebianEtcd is the etcd server used when the overlay binary has no
+	// `etcd` command.
+	DebianEtcd = "/usr/bin/etcd"
+)
+
+// EtcdEndpoint is the client URL of the cluster's etcd, as agents see it.
+func EtcdEndpoint() string {
+	return "http://" + netip.AddrPortFrom(HubIP, EtcdPort).String()
+}
+
+// NodeUnderlayIP is the underlay address of node i (1-based).
+func NodeUnderlayIP(i int) netip.Addr {
+	a := HubIP.As4()
+	a[3] = byte(10 + i)
+	return netip.AddrFrom4(a)
+}
+
+// Options configure a [Cluster]. The zero value is not usable: Prefix and
+// WorkDir are required, and Binary is required for [Agent] nodes and for
+// running etcd through `overlay etcd`.
+type Options struct {
+	// Prefix starts the name of every namespace and link, e.g. "ovl-e2e-".
+	// At most 9 bytes, so that link names fit IFNAMSIZ.
+	Prefix string
+	// Binary is the overlay binary: `overlay up` for agent nodes, `overlay
+	// etcd` when it has that command, `overlay leases`/`config` for the CLI.
+	Binary string
+	// EtcdBinary is the etcd server to run. Empty means Binary when it has an
+	// `etcd` command, else DebianEtcd.
+	EtcdBinary string
+	// WorkDir holds etcd's data, node logs and subnet.env files. It must
+	// exist; the harness never removes it.
+	WorkDir string
+	// NetworkConfig is the JSON written to <EtcdPrefix>/config. Empty means
+	// DefaultNetwork; "-" writes no config.
+	NetworkConfig string
+	// EtcdPrefix is the flannel etcd prefix; empty means DefaultEtcdPrefix.
+	EtcdPrefix string
+	// AgentArgs are appended to every `overlay up` command line.
+	AgentArgs []string
+	// Log receives the harness's own events; nil discards them.
+	Log *slog.Logger
+}
+
+// NodeKind says what carries a node's pod traffic.
+type NodeKind int
+
+const (
+	// Agent nodes run `overlay up --backend=userspace`.
+	Agent NodeKind = iota
+	// KernelFlannel nodes run no overlay: the harness programs kernel VXLAN
+	// exactly as flannel's vxlan backend would.
+	KernelFlannel
+)
+
+func (k NodeKind) String() string {
+	switch k {
+	case Agent:
+		return "overlay"
+	case KernelFlannel:
+		return "kernel-flannel"
+	}
+	return "NodeKind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// NodeOptions configure one node. The zero value is an agent node with two
+// pods.
+type NodeOptions struct {
+	Kind NodeKind
+	// Pods is the number of pod namespaces behind the node's cni0 bridge:
+	// 0 means 2; at most 8.
+	Pods int
+	// Args are appended to this agent's `overlay up` command line.
+	Args []string
+	// Rootless runs the agent as an unprivileged user inside its own user
+	// namespace, which owns the node's network namespace (agent nodes only).
+	Rootless *Rootless
+}
+
+// Rootless describes how an agent node runs without root: the node's network
+// namespace is created by an unprivileged user inside a user namespace that
+// maps that user to uid 0, and the agent runs there with capabilities only
+// over that namespace.
+type Rootless struct {
+	// UID and GID of the unprivileged user (e.g. 65534, nobody).
+	UID, GID uint32
+}
+
+// PingOptions tune [Pod.Ping]. The zero value sends 3 echo requests of the
+// default size, 200 ms apart, waiting up to 2 s for each reply.
+type PingOptions struct {
+	Count        int           // 0 means 3
+	Size         int           // ICMP payload bytes (ping -s); 0 means ping's default
+	DontFragment bool          // ping -M do
+	Interval     time.Duration // 0 means 200ms
+	Wait         time.Duration // per reply (ping -W); 0 means 2s
+}
+
+// PingResult is ping's output, parsed.
+type PingResult struct {
+	Transmitted, Received int
+	// RTTMin, RTTAvg and RTTMax are zero when nothing was received.
+	RTTMin, RTTAvg, RTTMax time.Duration
+	// FragNeeded is set when ping reported that a packet could not be sent
+	// unfragmented: a local "message too long" or an ICMP "Frag needed".
+	FragNeeded bool
+	// MTU is the path MTU ping reported with FragNeeded, else 0.
+	MTU int
+	// Output is ping's complete output.
+	Output string
+}
+
+// OK reports whether every echo request got its reply.
+func (r PingResult) OK() bool { return r.Transmitted > 0 && r.Received == r.Transmitted }
+
+var (
+	pingSummaryRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (?:packets )?received`)
+	pingRTTRE     = regexp.MustCompile(`(?:rtt|round-trip) min/avg/max(?:/mdev|/stddev)? = ([\d.]+)/([\d.]+)/([\d.]+)`)
+	pingMTURE     = regexp.MustCompile(`(?i)(?:frag needed and DF set|message too long)[^\n]*?mtu\s*=\s*(\d+)`)
+)
+
+// ParsePing parses the output of iputils or busybox ping.
+func ParsePing(out string) (PingResult, error) {
+	r := PingResult{Output: out}
+	m := pingSummaryRE.FindStringSubmatch(out)
+	if m == nil {
+		return r, fmt.Errorf("ping output has no summary line: %q", lastLines(out, 4))
+	}
+	r.Transmitted, _ = strconv.Atoi(m[1])
+	r.Received, _ = strconv.Atoi(m[2])
+	if m := pingRTTRE.FindStringSubmatch(out); m != nil {
+		r.RTTMin, r.RTTAvg, r.RTTMax = ms(m[1]), ms(m[2]), ms(m[3])
+	}
+	if m := pingMTURE.FindStringSubmatch(out); m != nil {
+		r.FragNeeded = true
+		r.MTU, _ = strconv.Atoi(m[1])
+	} else if strings.Contains(strings.ToLower(out), "message too long") || strings.Contains(out, "Frag needed") {
+		r.FragNeeded = true
+	}
+	return r, nil
+}
+
+func ms(s string) time.Duration {
+	f, _ := strconv.ParseFloat(s, 64)
+	return time.Duration(f * float64(time.Millisecond))
+}
+
+// TransferResult describes one TCP transfer between two pods.
+type TransferResult struct {
+	Bytes    int64
+	Duration time.Duration
+	// SentSHA256 and ReceivedSHA256 are the digests computed by the sender
+	// and by the receiver; a transfer that returns no error has them equal.
+	SentSHA256, ReceivedSHA256 [32]byte
+}
+
+// Mbps is the transfer's goodput in megabits per second.
+func (r TransferResult) Mbps() float64 {
+	if r.Duration <= 0 {
+		return 0
+	}
+	return float64(r.Bytes) * 8 / r.Duration.Seconds() / 1e6
+}
+
+// Lease is one subnet lease as flannel keeps it in etcd.
+type Lease struct {
+	Key         string       // full etcd key, <prefix>/subnets/10.244.62.0-24
+	Subnet      netip.Prefix // 10.244.62.0/24
+	PublicIP    netip.Addr
+	BackendType string
+	VNI         int
+	VtepMAC     net.HardwareAddr
+	// EtcdLease is the etcd lease ID the key is bound to; 0 is a reservation.
+	EtcdLease int64
+	// Value is the raw JSON value.
+	Value []byte
+}
+
+// leaseValue is the exact shape of flannel's lease JSON: field order, null
+// PublicIPv6 and all. json.Marshal keeps the struct's field order.
+type leaseValue struct {
+	PublicIP    string          `json:"PublicIP"`
+	PublicIPv6  *string         `json:"PublicIPv6"`
+	BackendType string          `json:"BackendType"`
+	BackendData json.RawMessage `json:"BackendData"`
+}
+
+type vxlanBackendData struct {
+	VNI     int    `json:"VNI"`
+	VtepMAC string `json:"VtepMAC"`
+}
+
+// EncodeLeaseValue returns flannel's lease JSON for a vxlan node, e.g.
+// {"PublicIP":"172.30.250.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"3a:2e:6c:5d:b4:d6"}}.
+func EncodeLeaseValue(publicIP netip.Addr, vni int, mac net.HardwareAddr) ([]byte, error) {
+	bd, err := json.Marshal(vxlanBackendData{VNI: vni, VtepMAC: mac.String()})
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(leaseValue{PublicIP: publicIP.String(), BackendType: "vxlan", BackendData: bd})
+}
+
+// SubnetKey returns the etcd key of a subnet lease under prefix.
+func SubnetKey(prefix string, subnet netip.Prefix) string {
+	return strings.TrimSuffix(prefix, "/") + "/subnets/" + subnet.Addr().String() + "-" + strconv.Itoa(subnet.Bits())
+}
+
+// ParseLease parses one key and value under <prefix>/subnets/. Dual-stack
+// keys (…-24&fc00::-64) yield their IPv4 subnet.
+func ParseLease(key string, value []byte) (Lease, error) {
+	l := Lease{Key: key, Value: value}
+	i := strings.LastIndex(key, "/subnets/")
+	if i < 0 {
+		return l, fmt.Errorf("lease key %q: not under subnets/", key)
+	}
+	name := key[i+len("/subnets/"):]
+	if j := strings.IndexByte(name, '&'); j >= 0 {
+		name = name[:j]
+	}
+	p, err := netip.ParsePrefix(strings.Replace(name, "-", "/", 1))
+	if err != nil {
+		return l, fmt.Errorf("lease key %q: %w", key, err)
+	}
+	l.Subnet = p
+	var v struct {
+		PublicIP    string
+		BackendType string
+		BackendData json.RawMessage
+	}
+	if err := json.Unmarshal(value, &v); err != nil {
+		return l, fmt.Errorf("lease %s: %w", key, err)
+	}
+	l.BackendType = v.BackendType
+	if l.PublicIP, err = netip.ParseAddr(v.PublicIP); err != nil {
+		return l, fmt.Errorf("lease %s: PublicIP: %w", key, err)
+	}
+	if v.BackendType == "vxlan" {
+		var bd struct {
+			VNI     int
+			VtepMAC string
+		}
+		if err := json.Unmarshal(v.BackendData, &bd); err != nil {
+			return l, fmt.Errorf("lease %s: BackendData: %w", key, err)
+		}
+		l.VNI = bd.VNI
+		if l.VtepMAC, err = net.ParseMAC(bd.VtepMAC); err != nil {
+			return l, fmt.Errorf("lease %s: VtepMAC: %w", key, err)
+		}
+	}
+	return l, nil
+}
+
+// Metrics is a Prometheus text exposition, flattened: the key is the metric
+// name followed by its labels exactly as exposed (`name{a="b"}`).
+type Metrics map[string]float64
+
+// ParseMetrics parses the Prometheus text format, ignoring comments and
+// timestamps.
+func ParseMetrics(text []byte) (Metrics, error) {
+	m := Metrics{}
+	sc := bufio.NewScanner(bytes.NewReader(text))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		// The series ends at the closing brace, or at the first space.
+		end := strings.IndexByte(line, ' ')
+		if i := strings.LastIndexByte(line, '}'); i >= 0 {
+			end = i + 1
+		}
+		if end <= 0 || end >= len(line) {
+			return nil, fmt.Errorf("metrics line %q: no value", line)
+		}
+		fields := strings.Fields(line[end:])
+		if len(fields) == 0 {
+			return nil, fmt.Errorf("metrics line %q: no value", line)
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			return nil, fmt.Errorf("metrics line %q: %w", line, err)
+		}
+		m[line[:end]] = v
+	}
+	return m, sc.Err()
+}
+
+// Sum adds every series of the metric name whose labels contain all of the
+// given label="value" pairs (e.g. Sum("overlay_drops_total", `reason="bad_vni"`)).
+func (m Metrics) Sum(name string, labels ...string) float64 {
+	var sum float64
+	for k, v := range m {
+		series, rest, _ := strings.Cut(k, "{")
+		if series != name {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			if !strings.Contains(rest, l) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// DemoOptions configure [Demo].
+type DemoOptions struct {
+	// Binary is the overlay binary (normally os.Executable()); it runs etcd
+	// (`overlay etcd`) and the agents. Required.
+	Binary string
+	// Nodes is the number of nodes; 0 means 3.
+	Nodes int
+	// Throughput is the length of the throughput check; 0 means 3 s.
+	Throughput time.Duration
+	// WorkDir keeps etcd's data and the node logs; empty means a new
+	// temporary directory, removed when the demo succeeds.
+	WorkDir string
+	// Prefix names the demo's namespaces; empty means "ovl-demo-".
+	Prefix string
+	// AgentArgs are appended to every `overlay up` command line.
+	AgentArgs []string
+}
+
+// ErrAgentExited means an agent process ended while the harness waited for
+// it to become ready; its log tail is in the error text.
+var ErrAgentExited = errors.New("agent exited")
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	s = strings.TrimRight(s, "\n")
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '\n' {
+			n--
+			if n == 0 {
+				return s[i+1:]
+			}
+		}
+	}
+	return s
+}
