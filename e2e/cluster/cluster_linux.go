@@ -845,19 +845,20 @@ func (n *Node) HTTPGet(ctx context.Context, path string) ([]byte, int, error) {
 	return httpGet(ctx, n.NS, "http://"+netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), HealthzPort).String()+path)
 }
 
-// Status fetches the agent's GET /status JSON into v.
-func (n *Node) Status(ctx context.Context, v any) error {
+// Status fetches and decodes the agent's GET /status.
+func (n *Node) Status(ctx context.Context) (AgentStatus, error) {
+	var st AgentStatus
 	body, code, err := n.HTTPGet(ctx, "/status")
 	if err != nil {
-		return err
+		return st, err
 	}
 	if code != 200 {
-		return fmt.Errorf("%s /status: HTTP %d: %s", n.Name, code, strings.TrimSpace(string(body)))
+		return st, fmt.Errorf("%s /status: HTTP %d: %s", n.Name, code, strings.TrimSpace(string(body)))
 	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("%s /status: %w", n.Name, err)
+	if err := json.Unmarshal(body, &st); err != nil {
+		return st, fmt.Errorf("%s /status: %w", n.Name, err)
 	}
-	return nil
+	return st, nil
 }
 
 // Metrics fetches and parses the agent's /metrics.

@@ -65,9 +65,13 @@ type TransferOptions struct {
 	WriteSize int
 	// Port is the receiver's TCP port; 0 picks a free one.
 	Port int
+	// Duration, when set, ends the transfer after that long even if fewer
+	// than n bytes were sent (a throughput check rather than a fixed size).
+	Duration time.Duration
 }
 
-// Transfer sends n bytes of pseudo-random data over TCP from pod src to pod
+// Transfer sends n bytes (or, with opts.Duration, as many as fit in that
+// time, at most n) of pseudo-random data over TCP from pod src to pod
 // dst and compares the SHA-256 computed by both ends. The listener is
 // created in dst's namespace and the connection in src's, so the bytes
 // cross the overlay; both sockets live in this process. The transfer ends
@@ -110,7 +114,11 @@ func Transfer(ctx context.Context, src, dst *Pod, n int64, opts TransferOptions)
 	}()
 
 	start := time.Now()
-	sent, sendErr := send(ctx, src, ln.Addr().String(), n, opts.WriteSize, deadline, &res.SentSHA256)
+	var stopAt time.Time
+	if opts.Duration > 0 {
+		stopAt = start.Add(opts.Duration)
+	}
+	sent, sendErr := send(ctx, src, ln.Addr().String(), n, opts.WriteSize, deadline, stopAt, &res.SentSHA256)
 	if sendErr != nil {
 		// Unblock the receiver if the connection never happened.
 		ln.Close()
@@ -130,7 +138,7 @@ func Transfer(ctx context.Context, src, dst *Pod, n int64, opts TransferOptions)
 		return res, sendErr
 	case r.err != nil:
 		return res, r.err
-	case r.n != sent || sent != n:
+	case r.n != sent || (sent != n && opts.Duration == 0):
 		return res, fmt.Errorf("transfer %s -> %s: sent %d bytes, received %d, want %d", src, dst, sent, r.n, n)
 	case res.SentSHA256 != res.ReceivedSHA256:
 		return res, fmt.Errorf("transfer %s -> %s: SHA-256 mismatch: sent %x, received %x", src, dst, res.SentSHA256, res.ReceivedSHA256)
@@ -140,7 +148,7 @@ func Transfer(ctx context.Context, src, dst *Pod, n int64, opts TransferOptions)
 
 // send dials from the pod and writes n pseudo-random bytes, then closes
 // its write side so the receiver sees EOF.
-func send(ctx context.Context, src *Pod, addr string, n int64, writeSize int, deadline time.Time, sum *[32]byte) (int64, error) {
+func send(ctx context.Context, src *Pod, addr string, n int64, writeSize int, deadline, stopAt time.Time, sum *[32]byte) (int64, error) {
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	c, err := src.NS.DialContext(dctx, "tcp4", addr)
@@ -156,7 +164,7 @@ func send(ctx context.Context, src *Pod, addr string, n int64, writeSize int, de
 	h := sha256.New()
 	buf := make([]byte, writeSize)
 	var sent int64
-	for sent < n {
+	for sent < n && (stopAt.IsZero() || time.Now().Before(stopAt)) {
 		chunk := buf[:min(int64(len(buf)), n-sent)]
 		fill(rng, chunk)
 		h.Write(chunk)

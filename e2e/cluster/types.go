@@ -352,6 +352,9 @@ type DemoOptions struct {
 	// Binary is the overlay binary (normally os.Executable()); it runs etcd
 	// (`overlay etcd`) and the agents. Required.
 	Binary string
+	// EtcdBinary overrides the etcd server; empty means `overlay etcd`
+	// (Debian's etcd if the binary has no etcd command).
+	EtcdBinary string
 	// Nodes is the number of nodes; 0 means 3.
 	Nodes int
 	// Throughput is the length of the throughput check; 0 means 3 s.
@@ -381,4 +384,60 @@ func lastLines(s string, n int) string {
 		}
 	}
 	return s
+}
+
+// AgentStatus is the part of an agent's GET /status document the harness
+// reads (the agent serves more; unknown fields are ignored).
+type AgentStatus struct {
+	Ready        bool                         `json:"ready"`
+	PublicIP     string                       `json:"publicIP"`
+	Subnet       string                       `json:"subnet"`
+	VtepMAC      string                       `json:"vtepMAC"`
+	VNI          uint32                       `json:"vni"`
+	Port         int                          `json:"port"`
+	MTU          int                          `json:"mtu"`
+	TUN          string                       `json:"tun"`
+	TUNMode      string                       `json:"tunMode"`
+	GSO          bool                         `json:"gso"`
+	GRO          bool                         `json:"gro"`
+	LeaseExpires *time.Time                   `json:"leaseExpires"`
+	Peers        []PeerStatus                 `json:"peers"`
+	Drops        map[string]map[string]uint64 `json:"drops"`
+	Totals       map[string]Traffic           `json:"totals"`
+}
+
+// PeerStatus is one peer in an agent's /status.
+type PeerStatus struct {
+	Subnet   string  `json:"subnet"`
+	Endpoint string  `json:"endpoint"`
+	VtepMAC  string  `json:"vtepMAC"`
+	Tx       Traffic `json:"tx"`
+	Rx       Traffic `json:"rx"`
+}
+
+// Traffic counts packets and bytes.
+type Traffic struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// Peer returns the peer with the given subnet.
+func (s AgentStatus) Peer(subnet netip.Prefix) (PeerStatus, bool) {
+	for _, p := range s.Peers {
+		if pp, err := netip.ParsePrefix(p.Subnet); err == nil && pp.Masked() == subnet.Masked() {
+			return p, true
+		}
+	}
+	return PeerStatus{}, false
+}
+
+// DropTotal adds the drops of every direction and reason.
+func (s AgentStatus) DropTotal() uint64 {
+	var n uint64
+	for _, reasons := range s.Drops {
+		for _, v := range reasons {
+			n += v
+		}
+	}
+	return n
 }

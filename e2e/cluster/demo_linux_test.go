@@ -1,0 +1,112 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// requireRoot skips a test that needs network namespaces when it cannot
+// have them.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root for network namespaces")
+	}
+	if err := exec.Command("ip", "netns", "list").Run(); err != nil {
+		t.Skipf("skipping: `ip netns` does not work here: %v", err)
+	}
+}
+
+// TestDemoOnKernelNodes runs the whole demo (steps, leases, pings,
+// throughput, summary, teardown) on emulated kernel flannel nodes, which
+// need no agent, and checks its output and that nothing is left behind.
+func TestDemoOnKernelNodes(t *testing.T) {
+	requireRoot(t)
+	const prefix = "ovl-e2d-"
+	if _, err := CleanupStale(context.Background(), prefix); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := runDemo(ctx, &out, DemoOptions{Prefix: prefix, Nodes: 3, Throughput: 2 * time.Second}, KernelFlannel)
+	t.Logf("demo output:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("demo: %v", err)
+	}
+	for _, want := range []string{
+		"✓ underlay bridge", "/coreos.com/network/subnets/10.244.", `"BackendType":"vxlan"`,
+		"30 of 30 pairs answered", "THROUGHPUT", "✓ tear down", "all checks passed",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	if strings.Contains(out.String(), "✗") || strings.Contains(out.String(), "FAIL") {
+		t.Error("demo output reports a failed step")
+	}
+	left, err := os.ReadDir(netnsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range left {
+		if strings.HasPrefix(e.Name(), prefix) {
+			t.Errorf("namespace %s left behind", e.Name())
+		}
+	}
+}
+
+// TestDemoInterrupted cancels the demo in the middle (as Ctrl-C does) and
+// checks that it reports the interruption and tears everything down.
+func TestDemoInterrupted(t *testing.T) {
+	requireRoot(t)
+	const prefix = "ovl-e2d-"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	errc := make(chan error, 1)
+	go func() {
+		errc <- runDemo(ctx, &out, DemoOptions{Prefix: prefix, Nodes: 3}, KernelFlannel)
+	}()
+	// Cancel once the first node is up.
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(out.String(), "n1: kernel") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	err := <-errc
+	t.Logf("demo output:\n%s", out.String())
+	if err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Errorf("demo error = %v, want an interruption", err)
+	}
+	left, _ := os.ReadDir(netnsDir)
+	for _, e := range left {
+		if strings.HasPrefix(e.Name(), prefix) {
+			t.Errorf("namespace %s left behind", e.Name())
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
