@@ -1,0 +1,303 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"syscall"
+
+	"github.com/songgao/water"
+	"golang.org/x/sys/unix"
+	wgtun "golang.zx2c4.com/wireguard/tun"
+)
+
+const cloneDevice = "/dev/net/tun"
+
+// tcpOffloads are the TUNSETOFFLOAD flags the offload driver needs: the
+// kernel may hand us TCP super-packets with partial checksums.
+const tcpOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+
+// errNoOffload reports a TUN without virtio-net header offloads.
+var errNoOffload = errors.New("TUN offloads (IFF_VNET_HDR, TUNSETOFFLOAD) unavailable")
+
+// OpenTUN opens a TUN device as opts say and reports which mode it runs in.
+// With DriverAuto, a kernel (or sandbox) without TUN offloads gets a plain
+// device and a warning in the log naming the reason.
+func OpenTUN(opts TUNOptions) (Device, Mode, error) {
+	drv, err := ParseDriver(string(opts.Driver))
+	if err != nil {
+		return nil, 0, err
+	}
+	if opts.MTU < 0 || opts.MTU > 65535 {
+		return nil, 0, fmt.Errorf("tunnel: TUN MTU %d out of range", opts.MTU)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	var dev Device
+	if opts.FD > 0 {
+		dev, err = tunFromFD(opts.FD, drv)
+	} else {
+		switch drv {
+		case DriverOffload:
+			dev, err = openOffload(opts.Name)
+		case DriverPlain:
+			dev, err = openPlain(opts.Name)
+		default:
+			dev, err = openOffload(opts.Name)
+			if err != nil {
+				log.Warn("TUN offloads unavailable, falling back to plain mode", "device", opts.Name, "reason", err)
+				var perr error
+				if dev, perr = openPlain(opts.Name); perr != nil {
+					err = errors.Join(err, perr)
+				} else {
+					err = nil
+				}
+			}
+		}
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if opts.MTU > 0 {
+		if err := setMTU(dev.Name(), opts.MTU); err != nil {
+			dev.Close()
+			return nil, 0, err
+		}
+	}
+	mtu, err := getMTU(dev.Name())
+	if err != nil {
+		dev.Close()
+		return nil, 0, err
+	}
+	mode := ModePlain
+	switch d := dev.(type) {
+	case *offloadTUN:
+		d.mtu = mtu
+		mode = ModeOffload
+	case *plainTUN:
+		d.mtu = mtu
+	}
+	return dev, mode, nil
+}
+
+// openOffload creates a TUN with IFF_VNET_HDR. Opening the clone device
+// ourselves (rather than wireguard's CreateTUN) keeps the device free of
+// IFF_TUN_EXCL-style assumptions and of wireguard's netlink event
+// goroutines, which we would otherwise have to drain and own.
+func openOffload(name string) (Device, error) {
+	fd, err := unix.Open(cloneDevice, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: open %s: %w", cloneDevice, err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tunnel: TUN name %q: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tunnel: create TUN %q with IFF_VNET_HDR: %w (%w)", name, err, errNoOffload)
+	}
+	return offloadFromFD(fd)
+}
+
+// offloadFromFD wraps a TUN descriptor opened with IFF_VNET_HDR in
+// wireguard's offloading driver.
+func offloadFromFD(fd int) (Device, error) {
+	// Probe the offloads the driver insists on while we still own fd: the
+	// driver's constructor wraps fd in an *os.File before it can fail, and
+	// closing fd behind that file's back would be a double close.
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tcpOffloads); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tunnel: TUNSETOFFLOAD: %w (%w)", err, errNoOffload)
+	}
+	dev, name, err := wgtun.CreateUnmonitoredTUNFromFD(fd)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: TUN offload driver: %w", err)
+	}
+	if dev.BatchSize() <= 1 {
+		dev.Close()
+		return nil, fmt.Errorf("tunnel: TUN %s: %w", name, errNoOffload)
+	}
+	return &offloadTUN{dev: dev, name: name}, nil
+}
+
+// openPlain creates a TUN without offloads with water. water also clears
+// the persist flag (TUNSETPERSIST), an ioctl some sandboxes (gVisor) do not
+// implement; there we open the clone device ourselves, with nothing but
+// TUNSETIFF.
+func openPlain(name string) (Device, error) {
+	ifc, err := water.New(water.Config{DeviceType: water.TUN, PlatformSpecificParams: water.PlatformSpecificParams{Name: name}})
+	if err == nil {
+		return &plainTUN{rw: ifc.ReadWriteCloser, name: ifc.Name()}, nil
+	}
+	fd, ferr := unix.Open(cloneDevice, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if ferr != nil {
+		return nil, fmt.Errorf("tunnel: create plain TUN %q: %w", name, errors.Join(err, ferr))
+	}
+	ifr, ferr := unix.NewIfreq(name)
+	if ferr == nil {
+		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+		ferr = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+	}
+	if ferr != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tunnel: create plain TUN %q: %w", name, errors.Join(err, ferr))
+	}
+	return &plainTUN{rw: os.NewFile(uintptr(fd), cloneDevice), name: ifr.Name()}, nil
+}
+
+// tunFromFD adopts a TUN descriptor made elsewhere. Its flags decide the
+// mode: a descriptor's TUNSETIFF cannot be redone.
+func tunFromFD(fd int, drv Driver) (Device, error) {
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr); err != nil {
+		return nil, fmt.Errorf("tunnel: fd %d is not a TUN device (TUNGETIFF): %w", fd, err)
+	}
+	flags := ifr.Uint16()
+	if flags&unix.IFF_TUN == 0 || flags&unix.IFF_NO_PI == 0 {
+		return nil, fmt.Errorf("tunnel: fd %d (%s) is not a TUN opened with IFF_NO_PI (flags %#x)", fd, ifr.Name(), flags)
+	}
+	vnet := flags&unix.IFF_VNET_HDR != 0
+	switch {
+	case vnet && drv == DriverPlain:
+		return nil, fmt.Errorf("tunnel: fd %d (%s) was opened with IFF_VNET_HDR; use the auto or offload driver", fd, ifr.Name())
+	case !vnet && drv == DriverOffload:
+		return nil, fmt.Errorf("tunnel: fd %d (%s) was opened without IFF_VNET_HDR: %w", fd, ifr.Name(), errNoOffload)
+	case vnet:
+		return offloadFromFD(fd)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil, fmt.Errorf("tunnel: fd %d: set non-blocking: %w", fd, err)
+	}
+	return &plainTUN{rw: os.NewFile(uintptr(fd), "tun"), name: ifr.Name()}, nil
+}
+
+// ifreqSocket runs fn with a datagram socket for interface ioctls, in the
+// calling thread's network namespace.
+func ifreqSocket(fn func(fd int) error) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return fn(fd)
+}
+
+func setMTU(name string, mtu int) error {
+	err := ifreqSocket(func(fd int) error {
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			return err
+		}
+		ifr.SetUint32(uint32(mtu))
+		return unix.IoctlIfreq(fd, unix.SIOCSIFMTU, ifr)
+	})
+	if err != nil {
+		return fmt.Errorf("tunnel: set MTU %d on %s: %w", mtu, name, err)
+	}
+	return nil
+}
+
+func getMTU(name string) (int, error) {
+	var mtu int
+	err := ifreqSocket(func(fd int) error {
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			return err
+		}
+		if err := unix.IoctlIfreq(fd, unix.SIOCGIFMTU, ifr); err != nil {
+			return err
+		}
+		mtu = int(ifr.Uint32())
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("tunnel: get MTU of %s: %w", name, err)
+	}
+	return mtu, nil
+}
+
+// offloadTUN is a TUN with virtio-net header offloads, driven by
+// wireguard's tun package: Read splits TSO super-packets into segments (and
+// completes partial checksums), Write coalesces TCP and UDP segments of one
+// flow back into super-packets.
+type offloadTUN struct {
+	dev  wgtun.Device
+	name string
+	mtu  int
+}
+
+var _ Device = (*offloadTUN)(nil)
+
+func (t *offloadTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return t.dev.Read(bufs, sizes, offset)
+}
+
+func (t *offloadTUN) Write(bufs [][]byte, offset int) (int, error) {
+	return t.dev.Write(bufs, offset)
+}
+
+func (t *offloadTUN) BatchSize() int { return t.dev.BatchSize() }
+func (t *offloadTUN) MTU() int       { return t.mtu }
+func (t *offloadTUN) Name() string   { return t.name }
+func (t *offloadTUN) Close() error   { return t.dev.Close() }
+
+// plainTUN is a TUN without offloads: one packet per read or write system
+// call. rw is a non-blocking *os.File, so Close unblocks a pending Read
+// through the runtime poller.
+type plainTUN struct {
+	rw   io.ReadWriteCloser
+	name string
+	mtu  int
+	once closeOnce
+}
+
+var _ Device = (*plainTUN)(nil)
+
+func (t *plainTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := t.rw.Read(bufs[0][offset:])
+	if err != nil {
+		if errors.Is(err, syscall.EBADFD) {
+			err = os.ErrClosed
+		}
+		return 0, err
+	}
+	sizes[0] = n
+	return 1, nil
+}
+
+func (t *plainTUN) Write(bufs [][]byte, offset int) (int, error) {
+	var errs []error
+	n := 0
+	for _, b := range bufs {
+		if _, err := t.rw.Write(b[offset:]); err != nil {
+			if errors.Is(err, syscall.EBADFD) || errors.Is(err, os.ErrClosed) {
+				return n, os.ErrClosed
+			}
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	if errs != nil {
+		return n, errors.Join(errs...)
+	}
+	return n, nil
+}
+
+func (t *plainTUN) BatchSize() int { return 1 }
+func (t *plainTUN) MTU() int       { return t.mtu }
+func (t *plainTUN) Name() string   { return t.name }
+func (t *plainTUN) Close() error   { return t.once.do(t.rw.Close) }

@@ -1,0 +1,218 @@
+package tunnel
+
+import (
+	"errors"
+	"time"
+
+	"overlay/encap"
+	"overlay/routes"
+)
+
+// inPump moves datagrams from the underlay to the TUN. All its buffers are
+// its own, allocated once in newInPump.
+type inPump struct {
+	t    *Tunnel
+	msgs []ReadMessage
+
+	// With an offloading device, Write coalesces packets by appending to
+	// the first buffer of a flow, so every packet is copied into a write
+	// buffer of its own with room to grow. A plain device writes packets
+	// where they lie in the receive buffers.
+	copy  bool
+	wbufs [][]byte
+	wq    [][]byte // packets queued for the next Write
+	wqLen int      // their inner bytes
+
+	// Per-peer receive counts, accumulated over runs of one peer.
+	cur        *routes.Route
+	curN, curB uint64
+	now        int64
+
+	readErrs, writeErrs errorLog
+}
+
+// writeBufCap is the capacity of a write buffer: headroom plus the largest
+// super-packet GRO may build in it.
+const writeBufCap = encap.Headroom + 65535
+
+func newInPump(t *Tunnel) *inPump {
+	p := &inPump{
+		t:         t,
+		copy:      t.dev.BatchSize() > 1,
+		readErrs:  errorLog{log: t.log, msg: "UDP receive failed"},
+		writeErrs: errorLog{log: t.log, msg: "TUN write failed"},
+	}
+	slots, size := t.batch, encap.Headroom+t.mtu+256
+	switch {
+	case t.conn.GRO():
+		// A GRO slot holds up to 64 KiB of coalesced datagrams; fewer
+		// slots carry as many packets.
+		slots, size = max(1, t.batch/4), 65535
+	case slots == 1:
+		size = 65535
+	}
+	slab := make([]byte, slots*size)
+	p.msgs = make([]ReadMessage, slots)
+	for i := range p.msgs {
+		p.msgs[i].Buf = slab[i*size : (i+1)*size : (i+1)*size]
+	}
+	p.wq = make([][]byte, 0, t.batch)
+	if p.copy {
+		p.wbufs = make([][]byte, t.batch)
+		for i := range p.wbufs {
+			p.wbufs[i] = make([]byte, writeBufCap)
+		}
+	}
+	return p
+}
+
+func (p *inPump) run() {
+	t := p.t
+	consecutive := 0
+	for {
+		n, err := t.conn.ReadBatch(p.msgs)
+		if err != nil {
+			if isClosedErr(err) || t.stopping() {
+				return
+			}
+			t.in.errors.Add(1)
+			p.readErrs.report(err)
+			consecutive++
+			t.backoff(consecutive)
+			continue
+		}
+		consecutive = 0
+		if n > 0 && !p.process(n) {
+			return
+		}
+	}
+}
+
+// process handles n received slots; it returns false once the device is
+// closed.
+func (p *inPump) process(n int) bool {
+	t := p.t
+	snap := t.table.Load()
+	p.now = time.Now().UnixNano()
+	for i := range n {
+		m := &p.msgs[i]
+		if m.Truncated {
+			t.in.drops[DropTruncated].Add(1)
+			continue
+		}
+		data := m.Buf[:m.N]
+		seg := m.Segment
+		if seg <= 0 {
+			seg = len(data)
+		}
+		for off := 0; off < len(data); off += seg {
+			frame := data[off:min(off+seg, len(data))]
+			pkt, err := encap.Decap(frame, t.vni, t.mac)
+			if err != nil {
+				t.in.drops[decapReason(err)].Add(1)
+				continue
+			}
+			p.account(snap, pkt)
+			if p.copy {
+				w := p.wbufs[len(p.wq)][:encap.Headroom+len(pkt)]
+				copy(w[encap.Headroom:], pkt)
+				p.wq = append(p.wq, w)
+			} else {
+				// frame[:Headroom] is the VXLAN header, free to lose; the
+				// capacity is clipped so nothing can write past the frame.
+				end := encap.Headroom + len(pkt)
+				p.wq = append(p.wq, frame[:end:end])
+			}
+			p.wqLen += len(pkt)
+			if len(p.wq) == cap(p.wq) && !p.flush() {
+				return false
+			}
+		}
+	}
+	p.settle()
+	t.in.batches.Add(1)
+	return p.flush()
+}
+
+// account attributes pkt to the peer owning its inner source address.
+func (p *inPump) account(snap *routes.Snapshot, pkt []byte) {
+	var r *routes.Route
+	if pkt[0]>>4 == 4 {
+		r = snap.Lookup4([4]byte(pkt[12:16]))
+	} else {
+		r = snap.Lookup6([16]byte(pkt[8:24]))
+	}
+	if r == nil || r.Local {
+		p.t.in.unknown.Add(1)
+		return
+	}
+	if r != p.cur {
+		p.settle()
+		p.cur = r
+	}
+	p.curN++
+	p.curB += uint64(len(pkt))
+}
+
+// settle adds the accumulated run to its peer's counters.
+func (p *inPump) settle() {
+	if p.cur != nil && p.curN > 0 {
+		p.cur.Counters.AddRx(p.curN, p.curB, p.now)
+	}
+	p.cur, p.curN, p.curB = nil, 0, 0
+}
+
+// flush writes the queued packets to the TUN; it returns false once the
+// device is closed.
+func (p *inPump) flush() bool {
+	if len(p.wq) == 0 {
+		return true
+	}
+	t := p.t
+	queued, bytes := uint64(len(p.wq)), uint64(p.wqLen)
+	_, err := t.dev.Write(p.wq, encap.Headroom)
+	clear(p.wq) // do not pin receive buffers through the queue
+	p.wq, p.wqLen = p.wq[:0], 0
+	if err != nil {
+		if isClosedErr(err) {
+			return false
+		}
+		// Write reports one error per failed packet (or coalesced
+		// super-packet); count that many drops.
+		failed := uint64(1)
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			failed = uint64(len(j.Unwrap()))
+		}
+		failed = min(failed, queued)
+		t.in.drops[DropWrite].Add(failed)
+		bytes -= bytes * failed / queued
+		queued -= failed
+		p.writeErrs.report(err)
+	}
+	t.in.packets.Add(queued)
+	t.in.bytes.Add(bytes)
+	return true
+}
+
+// decapReason maps encap's sentinel errors to drop reasons.
+func decapReason(err error) DropReason {
+	switch {
+	case errors.Is(err, encap.ErrShortBuffer):
+		return DropShort
+	case errors.Is(err, encap.ErrNoIFlag):
+		return DropNoIFlag
+	case errors.Is(err, encap.ErrWrongVNI):
+		return DropWrongVNI
+	case errors.Is(err, encap.ErrNotOurMAC):
+		return DropNotOurMAC
+	case errors.Is(err, encap.ErrARP):
+		return DropARP
+	case errors.Is(err, encap.ErrEtherType):
+		return DropEtherType
+	case errors.Is(err, encap.ErrVersionMismatch):
+		return DropVersion
+	case errors.Is(err, encap.ErrTruncatedIP):
+		return DropTruncatedIP
+	}
+	return DropMalformed
+}
