@@ -26,9 +26,9 @@ import (
 const prefix = "ovl-e2e-"
 
 var (
-	// binary is the overlay binary under test, built once by TestMain.
-	binary   string
-	buildErr error
+	// overlayBin is the overlay binary under test, built once by TestMain.
+	overlayBin string
+	buildErr   error
 
 	// envErr says why the tests cannot run here (not root, no ip netns).
 	envErr error
@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 		} else if len(n) > 0 {
 			fmt.Fprintf(os.Stderr, "e2e: removed %d namespaces left by an earlier run\n", len(n))
 		}
-		tmp, binary, buildErr = buildBinary()
+		tmp, overlayBin, buildErr = buildBinary()
 	}
 	stop := handleSignals()
 	code := m.Run()
@@ -153,7 +153,7 @@ func requireAgent(t testing.TB) {
 
 // hasCommand reports whether the overlay binary has the named command.
 func hasCommand(name string) bool {
-	return buildErr == nil && binary != "" && exec.Command(binary, name, "--help").Run() == nil
+	return buildErr == nil && overlayBin != "" && exec.Command(overlayBin, name, "--help").Run() == nil
 }
 
 // newCluster builds a cluster for the test and registers its teardown:
@@ -172,7 +172,7 @@ func newCluster(t *testing.T, opts cluster.Options) *cluster.Cluster {
 	}
 	opts.Prefix = prefix
 	if buildErr == nil {
-		opts.Binary = binary
+		opts.Binary = overlayBin
 	}
 	opts.WorkDir = dir
 	opts.Log = slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug}))
