@@ -35,6 +35,7 @@ func newApp() *cli.App {
 		HideVersion:          true,
 		EnableBashCompletion: true,
 		Commands: []*cli.Command{
+			upCommand(),
 			statusCommand(),
 			configCommand(),
 			leasesCommand(),

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"overlay/encap"
+	"overlay/lease"
+	"overlay/tunnel"
+)
+
+// Limits checked before anything on the node is touched.
+const (
+	// minMTU is the least overlay MTU we run with: IPv4 hosts must accept
+	// 576-byte datagrams (RFC 791), and a smaller MTU means a broken
+	// underlay rather than a deliberate choice.
+	minMTU = 576
+	// minMTU6 applies when the overlay carries IPv6 (RFC 8200 section 5).
+	minMTU6 = 1280
+	// maxMTU: the inner packet plus headers must fit a UDP datagram.
+	maxMTU = 65535 - encap.OverheadIPv4
+	// ifNameSize is IFNAMSIZ, including the terminating NUL.
+	ifNameSize = 16
+)
+
+// upConfig is `overlay up`'s command line, checked. Building it touches
+// nothing on the node and does not contact etcd.
+type upConfig struct {
+	etcd        lease.ClientOptions
+	prefix      string
+	under       underlay
+	subnetFile  string
+	renewMargin time.Duration
+	ipMasq      bool
+	mtu         int // 0: derive from the underlay interface
+	port        int // 0: from the network config
+	tunName     string
+	tunFD       int
+	tunDriver   tunnel.Driver
+	naive       bool
+	healthzAddr string // "" when disabled
+	logLevel    string
+	logFormat   string
+}
+
+// parseUp checks every flag of `overlay up` and returns the first problem
+// with a message that says what to fix.
+func parseUp(c *cli.Context, log *slog.Logger) (*upConfig, error) {
+	if c.NArg() > 0 {
+		return nil, fmt.Errorf("up takes no arguments, got %q (flags go before them?)", c.Args().Slice())
+	}
+	cfg := &upConfig{
+		prefix:     c.String("etcd-prefix"),
+		subnetFile: c.String("subnet-file"),
+		ipMasq:     c.Bool("ip-masq"),
+		mtu:        c.Int("mtu"),
+		port:       c.Int("port"),
+		tunName:    c.String("tun-name"),
+		tunFD:      c.Int("tun-fd"),
+		naive:      c.Bool("naive"),
+		logLevel:   c.String("log-level"),
+		logFormat:  c.String("log-format"),
+	}
+	if cfg.ipMasq {
+		if _, err := newMasquerader(netip.Prefix{}, netip.Prefix{}); err != nil {
+			return nil, fmt.Errorf("--ip-masq: %w; install nftables or iptables, or drop --ip-masq", err)
+		}
+	}
+
+	switch b := c.String("backend"); b {
+	case "userspace":
+	case "vxlan", "udp", "host-gw", "ipip", "wireguard", "alloc", "ipsec", "tencent-vpc", "alivpc", "aws-vpc", "gce":
+		return nil, fmt.Errorf("--backend %q is a flanneld backend; overlay runs only --backend=userspace "+
+			"(it speaks the vxlan wire format, so it joins clusters whose config says \"Type\": \"vxlan\")", b)
+	default:
+		return nil, fmt.Errorf("--backend %q: unknown backend; want userspace", b)
+	}
+	if err := checkPrefix(cfg.prefix); err != nil {
+		return nil, err
+	}
+	cfg.etcd = etcdClientOptions(c, log)
+	if _, err := cfg.etcd.TLSConfig(); err != nil {
+		return nil, fmt.Errorf("%w (check --etcd-cafile, --etcd-certfile, --etcd-keyfile)", err)
+	}
+
+	m := c.Int("subnet-lease-renew-margin")
+	if m <= 0 || time.Duration(m)*time.Minute >= lease.DefaultTTL {
+		return nil, fmt.Errorf("--subnet-lease-renew-margin %d: want minutes between 1 and %d (leases last %v)",
+			m, int(lease.DefaultTTL/time.Minute)-1, lease.DefaultTTL)
+	}
+	cfg.renewMargin = time.Duration(m) * time.Minute
+
+	if cfg.subnetFile == "" {
+		return nil, errors.New("--subnet-file is empty: the CNI plugin and mk-docker-opts read the subnet from it")
+	}
+	if fi, err := os.Stat(filepath.Dir(cfg.subnetFile)); err == nil && !fi.IsDir() {
+		return nil, fmt.Errorf("--subnet-file %s: %s is not a directory", cfg.subnetFile, filepath.Dir(cfg.subnetFile))
+	}
+
+	if cfg.mtu != 0 && (cfg.mtu < minMTU || cfg.mtu > maxMTU) {
+		return nil, fmt.Errorf("--mtu %d: want %d to %d (or 0 for the underlay MTU minus %d)", cfg.mtu, minMTU, maxMTU, encap.OverheadIPv4)
+	}
+	if cfg.port < 0 || cfg.port > 65535 {
+		return nil, fmt.Errorf("--port %d: want 1 to 65535, or 0 for the network config's port", cfg.port)
+	}
+	if cfg.tunFD < 0 {
+		cfg.tunFD = 0
+		if len(cfg.tunName) >= ifNameSize || strings.ContainsAny(cfg.tunName, "/: \t") || cfg.tunName == "." || cfg.tunName == ".." {
+			return nil, fmt.Errorf("--tun-name %q: want an interface name of at most %d characters, without / : or spaces", cfg.tunName, ifNameSize-1)
+		}
+	} else if cfg.tunFD < 3 {
+		return nil, fmt.Errorf("--tun-fd %d is standard input, output or error, not a TUN device", cfg.tunFD)
+	}
+	var err error
+	if cfg.tunDriver, err = tunnel.ParseDriver(c.String("tun-driver")); err != nil {
+		return nil, fmt.Errorf("--tun-driver: %w", err)
+	}
+	if cfg.naive && cfg.tunDriver == tunnel.DriverOffload {
+		return nil, errors.New("--naive turns offloads off; it cannot be combined with --tun-driver=offload")
+	}
+
+	if port := c.Int("healthz-port"); port != 0 {
+		ip := c.String("healthz-ip")
+		if _, err := netip.ParseAddr(ip); err != nil {
+			return nil, fmt.Errorf("--healthz-ip %q: want an IP address such as 127.0.0.1", ip)
+		}
+		if port < 0 || port > 65535 {
+			return nil, fmt.Errorf("--healthz-port %d: want 1 to 65535, or 0 to disable", port)
+		}
+		cfg.healthzAddr = net.JoinHostPort(ip, strconv.Itoa(port))
+	}
+
+	cfg.under, err = findUnderlay(c.StringSlice("iface"), c.StringSlice("iface-regex"), c.String("public-ip"), c.String("public-ipv6"))
+	if err != nil {
+		return nil, err
+	}
+	if cfg.mtu == 0 {
+		cfg.mtu = cfg.under.iface.MTU - encap.OverheadIPv4
+		if cfg.mtu < minMTU {
+			return nil, fmt.Errorf("interface %s has MTU %d, leaving %d for the overlay after %d bytes of VXLAN overhead; "+
+				"raise the underlay MTU or pick another --iface", cfg.under.iface.Name, cfg.under.iface.MTU, cfg.mtu, encap.OverheadIPv4)
+		}
+		cfg.mtu = min(cfg.mtu, maxMTU)
+	}
+	return cfg, nil
+}
