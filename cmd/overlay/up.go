@@ -144,7 +144,9 @@ func runAgent(ctx context.Context, cfg *upConfig, log *slog.Logger) (err error) 
 		}()
 	}
 	run("datapath", a.tun.Run)
-	run("peer watch", func(ctx context.Context) error { return a.mgr.Watch(ctx, cmp.Or(a.acq.PublicIP, a.acq.PublicIPv6), a.setPeers) })
+	run("peer watch", func(ctx context.Context) error {
+		return a.mgr.Watch(ctx, cmp.Or(a.acq.PublicIP, a.acq.PublicIPv6), a.setPeers)
+	})
 	run("lease keeper", func(ctx context.Context) error { return a.mgr.Keep(ctx, own, a.acq, a.leaseChanged) })
 
 	if err := a.publish(ctx); err != nil {
