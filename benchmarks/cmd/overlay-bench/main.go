@@ -1,0 +1,158 @@
+// Command overlay-bench runs the throughput comparison suite: the plain
+// underlay, kernel VXLAN configured as flannel configures flannel.1,
+// `overlay up` with default settings and `overlay up --naive`, measured in
+// the same run between two network namespaces, and writes results.json,
+// results.md and chart.svg.
+//
+// Usage (as root, after `make build`):
+//
+//	overlay-bench --overlay bin/overlay                 # 3 repetitions × 10 s per test
+//	overlay-bench --overlay bin/overlay --quick         # 1 s per test, 1 repetition
+//	overlay-bench --paths underlay,kernel-vxlan --quick # no agent needed
+//
+// It exits 0 when every path was measured (missed targets are reported,
+// never fatal), 1 when a path could not be set up or measured, 2 on bad
+// flags and 130 when interrupted; every namespace and process it created
+// is removed in all cases.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"overlay/benchmarks/suite"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("overlay-bench", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: overlay-bench [flags]\n\n"+
+			"Measures underlay, kernel VXLAN, overlay and overlay --naive between two network\n"+
+			"namespaces (needs root) and writes results.json, results.md and chart.svg.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var (
+		paths     = fs.String("paths", "all", "comma-separated paths to measure: "+pathNames()+", or all")
+		reps      = fs.Int("reps", 3, "repetitions of every path (paths are interleaved within a repetition)")
+		duration  = fs.Duration("duration", 10*time.Second, "duration of every test, whole seconds")
+		quick     = fs.Bool("quick", false, "smoke run: 1 s per test, 1 repetition (overrides --reps and --duration)")
+		overlay   = fs.String("overlay", "bin/overlay", "the overlay binary (make build)")
+		etcd      = fs.String("etcd", "", "etcd server for the agent paths (default: `overlay etcd` if the binary has it, else /usr/bin/etcd)")
+		tunDriver = fs.String("tun-driver", "", "--tun-driver for the default overlay path (auto, offload, plain; default: the agent's)")
+		out       = fs.String("out", "", "results directory (default benchmarks/results/<UTC time> in a source tree, else overlay-bench-<UTC time>)")
+		install   = fs.Bool("install", true, "install missing iperf3/sockperf with apt-get")
+		verbose   = fs.Bool("v", false, "log setup and cleanup steps")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "overlay-bench: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	ps, err := suite.ParsePaths(*paths)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "overlay-bench: --paths: %v\n", err)
+		return 2
+	}
+	dir := *out
+	if dir == "" {
+		dir = defaultOutDir(time.Now())
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg := suite.Config{
+		Paths:       ps,
+		Repetitions: *reps,
+		Duration:    *duration,
+		Quick:       *quick,
+		OverlayBin:  *overlay,
+		EtcdBin:     *etcd,
+		TUNDriver:   *tunDriver,
+		OutDir:      dir,
+		Install:     *install,
+		Command:     commandLine(args),
+		Progress:    os.Stderr,
+		Logger:      logger,
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	res, err := suite.Run(ctx, cfg)
+	if ctx.Err() != nil {
+		fmt.Fprintf(os.Stderr, "overlay-bench: interrupted; everything the suite created has been removed\n")
+		if err != nil && !errors.Is(err, context.Canceled) {
+			fmt.Fprintf(os.Stderr, "overlay-bench: %v\n", err)
+		}
+		return 130
+	}
+	if res == nil {
+		fmt.Fprintf(os.Stderr, "overlay-bench: %v\n", err)
+		if errors.Is(err, suite.ErrNotRoot) {
+			fmt.Fprintf(os.Stderr, "overlay-bench: run it as root, e.g. sudo make bench\n")
+		}
+		return 1
+	}
+	if werr := suite.WriteFiles(dir, res); werr != nil {
+		fmt.Fprintf(os.Stderr, "overlay-bench: %v\n", werr)
+		return 1
+	}
+	md, _ := os.ReadFile(filepath.Join(dir, suite.FileMarkdown))
+	fmt.Printf("\n%s\n%s", md, suite.Summary(res))
+	fmt.Printf("results: %s (%s, %s, %s)\n", dir, suite.FileJSON, suite.FileMarkdown, suite.FileChart)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "overlay-bench: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func pathNames() string {
+	s := make([]string, len(suite.AllPaths))
+	for i, p := range suite.AllPaths {
+		s[i] = string(p)
+	}
+	return strings.Join(s, ",")
+}
+
+// defaultOutDir puts results next to the committed ones when run from the
+// source tree.
+func defaultOutDir(now time.Time) string {
+	stamp := now.UTC().Format("20060102-150405Z")
+	if st, err := os.Stat(filepath.Join("benchmarks", "results")); err == nil && st.IsDir() {
+		return filepath.Join("benchmarks", "results", stamp)
+	}
+	return "overlay-bench-" + stamp
+}
+
+// commandLine renders the invocation for the results, shell-quoted where
+// needed.
+func commandLine(args []string) string {
+	parts := []string{"overlay-bench"}
+	for _, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\n'\"$`\\*?[]{}();&|<>") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		parts = append(parts, a)
+	}
+	return strings.Join(parts, " ")
+}

@@ -1,0 +1,169 @@
+package suite
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+)
+
+// PathID names one datapath the suite measures.
+type PathID string
+
+// The paths, in the order a repetition measures them.
+const (
+	Underlay     PathID = "underlay"      // the veth pair itself
+	KernelVXLAN  PathID = "kernel-vxlan"  // flannel.1 as flannel's vxlan backend configures it
+	Overlay      PathID = "overlay"       // overlay up --backend=userspace, default settings
+	OverlayNaive PathID = "overlay-naive" // overlay up --backend=userspace --naive
+)
+
+// AllPaths lists every path in measuring order.
+var AllPaths = []PathID{Underlay, KernelVXLAN, Overlay, OverlayNaive}
+
+// Title is the path's name for people (tables, chart legend).
+func (p PathID) Title() string {
+	switch p {
+	case Underlay:
+		return "underlay (veth)"
+	case KernelVXLAN:
+		return "kernel VXLAN"
+	case Overlay:
+		return "overlay"
+	case OverlayNaive:
+		return "overlay --naive"
+	}
+	return string(p)
+}
+
+// Agent reports whether the path runs `overlay up` agents, whose CPU and
+// memory the suite then reports.
+func (p PathID) Agent() bool { return p == Overlay || p == OverlayNaive }
+
+// ParsePaths parses a comma-separated list of path names ("all" for every
+// path), keeping measuring order and dropping duplicates.
+func ParsePaths(s string) ([]PathID, error) {
+	if strings.TrimSpace(s) == "all" {
+		return slices.Clone(AllPaths), nil
+	}
+	want := map[PathID]bool{}
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if !slices.Contains(AllPaths, PathID(f)) {
+			return nil, fmt.Errorf("unknown path %q (known: %s, or all)", f, joinPaths(AllPaths))
+		}
+		want[PathID(f)] = true
+	}
+	var out []PathID
+	for _, p := range AllPaths {
+		if want[p] {
+			out = append(out, p)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no path in %q (known: %s, or all)", s, joinPaths(AllPaths))
+	}
+	return out, nil
+}
+
+func joinPaths(ps []PathID) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = string(p)
+	}
+	return strings.Join(s, ",")
+}
+
+// Config is what one suite run measures and where it reports. The zero
+// value is not usable: OutDir is required, and OverlayBin when an agent
+// path is selected. A Config is read-only once passed to Run.
+type Config struct {
+	// Paths to measure; nil means AllPaths.
+	Paths []PathID
+	// Repetitions of every path; 0 means 3.
+	Repetitions int
+	// Duration of every test; 0 means 10 s.
+	Duration time.Duration
+	// Quick sets Duration to 1 s and Repetitions to 1: the CI smoke run.
+	Quick bool
+	// OverlayBin is the `overlay` binary (bin/overlay after `make build`).
+	OverlayBin string
+	// EtcdBin is the etcd server for the agent paths. Empty means
+	// `<OverlayBin> etcd` when the binary has that command, else
+	// /usr/bin/etcd (Debian package etcd-server).
+	EtcdBin string
+	// TUNDriver, when set, is passed to the default overlay path as
+	// --tun-driver (auto, offload or plain).
+	TUNDriver string
+	// OutDir receives results.json, results.md and chart.svg. Required.
+	OutDir string
+	// Install lets the suite install missing iperf3/sockperf with apt-get
+	// (root, Debian-like systems). Without it a missing tool is an error
+	// that names the command to run.
+	Install bool
+	// Command is the command line recorded in the results, so a reader can
+	// reproduce them.
+	Command string
+	// Progress receives one line per test while the suite runs; nil
+	// discards them.
+	Progress io.Writer
+	// Logger receives setup and teardown details; nil discards them.
+	Logger *slog.Logger
+}
+
+// errConfig is wrapped by every configuration error Run returns before it
+// touches the system; the caller should fix its flags.
+var errConfig = errors.New("bad benchmark configuration")
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Paths == nil {
+		c.Paths = slices.Clone(AllPaths)
+	}
+	if c.Quick {
+		c.Repetitions, c.Duration = 1, time.Second
+	}
+	if c.Repetitions == 0 {
+		c.Repetitions = 3
+	}
+	if c.Duration == 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case len(c.Paths) == 0:
+		return c, fmt.Errorf("%w: no paths", errConfig)
+	case c.Repetitions < 1 || c.Repetitions > 100:
+		return c, fmt.Errorf("%w: repetitions %d not in 1..100", errConfig, c.Repetitions)
+	case c.Duration < time.Second || c.Duration > time.Hour:
+		return c, fmt.Errorf("%w: test duration %v not in 1s..1h (iperf3 counts whole seconds)", errConfig, c.Duration)
+	case c.Duration%time.Second != 0:
+		return c, fmt.Errorf("%w: test duration %v is not whole seconds (iperf3 and sockperf count whole seconds)", errConfig, c.Duration)
+	case c.OutDir == "":
+		return c, fmt.Errorf("%w: no output directory", errConfig)
+	}
+	switch c.TUNDriver {
+	case "", "auto", "offload", "plain":
+	default:
+		return c, fmt.Errorf("%w: TUN driver %q (want auto, offload or plain)", errConfig, c.TUNDriver)
+	}
+	for _, p := range c.Paths {
+		if !slices.Contains(AllPaths, p) {
+			return c, fmt.Errorf("%w: unknown path %q", errConfig, p)
+		}
+		if p.Agent() && c.OverlayBin == "" {
+			return c, fmt.Errorf("%w: path %s needs the overlay binary (build it with `make build`, pass --overlay bin/overlay)", errConfig, p)
+		}
+	}
+	return c, nil
+}
