@@ -10,25 +10,28 @@ VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo d
 BIN        := bin/overlay
 PKGS       := ./...
 
-.PHONY: all build test race check fmt vet staticcheck deps demo e2e bench bench-go bench-quick fuzz clean bench-go-once
+.PHONY: all build test race check fmt vet staticcheck deps sysdeps demo e2e bench bench-go bench-quick fuzz clean bench-go-once
 
 all: build
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/overlay
 
-# Debian packages the tests, the demo and the benchmark suite use, and the
-# Go tools `make check` runs. Safe to run again; needs root.
-deps:
+# Debian packages the demo, the tests and the benchmark suite use; installed
+# only when missing, and only as root on a Debian-like system.
+sysdeps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  need=""; \
-	  for p in iproute2:ip iputils-ping:ping iperf3:iperf3 sockperf:sockperf tcpdump:tcpdump kmod:modprobe procps:ps; do \
+	  for p in iproute2:ip iputils-ping:ping iperf3:iperf3 sockperf:sockperf tcpdump:tcpdump kmod:modprobe procps:ps nftables:nft iptables:iptables; do \
 	    command -v $${p#*:} >/dev/null || need="$$need $${p%%:*}"; \
 	  done; \
 	  if [ -n "$$need" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need; \
 	  fi; \
 	fi
+
+# sysdeps plus the Go tools `make check` runs.
+deps: sysdeps
 	@test -x $(STATICCHECK) || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 	@test -x $(BENCHSTAT) || $(GO) install golang.org/x/perf/cmd/benchstat@latest
 
@@ -63,6 +66,10 @@ bench-go:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecap$$' -fuzztime 60s ./encap
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime 60s ./encap
+
+# The README's first command: a three-node cluster in network namespaces.
+demo: build sysdeps
+	$(BIN) demo
 
 clean:
 	rm -rf bin bench-go.txt

@@ -36,6 +36,7 @@ func newApp() *cli.App {
 		EnableBashCompletion: true,
 		Commands: []*cli.Command{
 			upCommand(),
+			demoCommand(),
 			statusCommand(),
 			configCommand(),
 			leasesCommand(),
