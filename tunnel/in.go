@@ -113,6 +113,9 @@ func (p *inPump) process(n int) bool {
 				continue
 			}
 			p.account(snap, pkt)
+			if finishPartialChecksum(pkt) {
+				t.in.partial.Add(1)
+			}
 			if p.copy {
 				w := p.wbufs[len(p.wq)][:encap.Headroom+len(pkt)]
 				copy(w[encap.Headroom:], pkt)

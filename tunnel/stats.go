@@ -116,21 +116,25 @@ type DirStats struct {
 	// UnknownSource counts (in only) packets whose inner source address no
 	// lease covers; they are delivered, but no peer's counters see them.
 	UnknownSource uint64
+	// PartialChecksums counts (in only) packets whose inner transport
+	// checksum arrived unfinished from a kernel VTEP on a virtual link,
+	// and was completed (see csum.go).
+	PartialChecksums uint64
 }
 
 // dirCounters are one direction's atomic counters, written by its pump.
 type dirCounters struct {
-	packets, bytes, batches, errors, unknown atomic.Uint64
-	drops                                    [numDropReasons]atomic.Uint64
-	_                                        [128]byte // keep the pumps' counters apart
+	packets, bytes, batches, errors, unknown, partial atomic.Uint64
+	drops                                             [numDropReasons]atomic.Uint64
+	_                                                 [128]byte // keep the pumps' counters apart
 }
 
 func (d *dirCounters) read(reasons []DropReason) DirStats {
 	s := DirStats{
 		Packets: d.packets.Load(), Bytes: d.bytes.Load(),
 		Batches: d.batches.Load(), Errors: d.errors.Load(),
-		UnknownSource: d.unknown.Load(),
-		Drops:         make(map[DropReason]uint64, len(reasons)),
+		UnknownSource: d.unknown.Load(), PartialChecksums: d.partial.Load(),
+		Drops: make(map[DropReason]uint64, len(reasons)),
 	}
 	for _, r := range reasons {
 		s.Drops[r] = d.drops[r].Load()
