@@ -103,6 +103,9 @@ type Config struct {
 	TUNDriver string
 	// OutDir receives results.json, results.md and chart.svg. Required.
 	OutDir string
+	// KeepLogs copies the logs of every process the suite ran (agents,
+	// etcd, servers) into OutDir/logs.
+	KeepLogs bool
 	// Install lets the suite install missing iperf3/sockperf with apt-get
 	// (root, Debian-like systems). Without it a missing tool is an error
 	// that names the command to run.

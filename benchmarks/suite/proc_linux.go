@@ -32,6 +32,19 @@ func childAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 }
 
+// childEnv is the environment of every child: the suite's own, less the
+// OVERLAY_* and FLANNELD_* variables the agent reads as flag defaults, so
+// that every run measures the same configuration whatever the shell holds.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "OVERLAY_") && !strings.HasPrefix(kv, "FLANNELD_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
 // killGrace is how long a child has between SIGTERM and SIGKILL.
 const killGrace = 3 * time.Second
 
@@ -46,6 +59,7 @@ func runTool(ctx context.Context, ns string, timeout time.Duration, argv ...stri
 	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Env = childEnv()
 	cmd.SysProcAttr = childAttr()
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = killGrace
@@ -105,6 +119,7 @@ func startProcess(name, ns, logPath string, argv ...string) (*process, error) {
 	full := nsArgv(ns, argv)
 	cmd := exec.Command(full[0], full[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = childEnv()
 	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s (%s): %w", name, strings.Join(argv, " "), err)

@@ -75,6 +75,10 @@ func run(ctx context.Context, cfg Config) (res *Results, err error) {
 		return nil, err
 	}
 	undo.push("remove "+work, func() error { return os.RemoveAll(work) })
+	if cfg.KeepLogs {
+		dst := filepath.Join(cfg.OutDir, "logs")
+		undo.push("copy logs to "+dst, func() error { return copyLogs(work, dst) })
+	}
 	if err := setupTopology(ctx, undo); err != nil {
 		return nil, fmt.Errorf("two-node topology: %w", err)
 	}
@@ -277,4 +281,27 @@ func mustMetric(id string) Metric {
 		panic("unknown metric " + id)
 	}
 	return m
+}
+
+// copyLogs copies every *.log file under src to the same relative path
+// under dst.
+func copyLogs(src, dst string) error {
+	return filepath.WalkDir(src, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".log") {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		out := filepath.Join(dst, rel)
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(out, b, 0o644)
+	})
 }

@@ -201,6 +201,73 @@ func TestQuickSuite(t *testing.T) {
 	}
 }
 
+// buildOverlay builds the agent from this source tree, so the agent paths
+// are tested against the agent of the same commit.
+func buildOverlay(t *testing.T) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("needs the go command to build ./cmd/overlay")
+	}
+	bin := filepath.Join(t.TempDir(), "overlay")
+	cmd := exec.Command(goBin, "build", "-o", bin, "overlay/cmd/overlay")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build overlay/cmd/overlay: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestQuickSuiteAgents runs the --quick suite on the two agent paths: etcd,
+// the agents' readiness, their subnets and the CPU and memory figures.
+func TestQuickSuiteAgents(t *testing.T) {
+	requireNetns(t)
+	bin := buildOverlay(t)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, Config{
+		Paths: []PathID{Overlay, OverlayNaive}, Quick: true, OutDir: out, OverlayBin: bin,
+		KeepLogs: true, Progress: &testProgress{t: t},
+	})
+	if errors.Is(err, ErrBusy) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeftovers(t)
+	if !strings.Contains(res.Host.EtcdDescription, "etcd") || res.Host.OverlayVersion == "" {
+		t.Errorf("host %+v lacks etcd or overlay version", res.Host)
+	}
+	for _, pr := range res.Paths {
+		for _, m := range Metrics {
+			st, ok := pr.Summary[m.ID]
+			switch {
+			case !ok:
+				t.Errorf("%s: metric %s missing", pr.ID, m.ID)
+			case m.ID != MetricUDP64Loss && !(st.Median > 0):
+				t.Errorf("%s: %s = %v, want > 0", pr.ID, m.ID, st.Median)
+			}
+		}
+		for _, s := range pr.Runs[0].Tests {
+			if s.AgentCores == nil {
+				t.Errorf("%s/%s: no agent CPU", pr.ID, s.Test)
+			}
+		}
+	}
+	for _, v := range res.Targets {
+		want := v.Denominator == OverlayNaive
+		if got := v.Status != StatusNotMeasured; got != want {
+			t.Errorf("target %q: %s", v.Goal, v.Status)
+		}
+	}
+	// Both agents of both paths left their logs.
+	logs, _ := filepath.Glob(filepath.Join(out, "logs", "*", "*", "agent.log"))
+	if len(logs) != 4 {
+		t.Errorf("agent logs %v, want 4", logs)
+	}
+}
+
 // TestInterruptCleansUp cancels a run in the middle of a test, as SIGINT
 // does, after planting a stale namespace with a process in it, as a killed
 // run leaves: the run removes the stale one first and everything of its

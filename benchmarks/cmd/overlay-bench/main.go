@@ -54,6 +54,7 @@ func run(args []string) int {
 		tunDriver = fs.String("tun-driver", "", "--tun-driver for the default overlay path (auto, offload, plain; default: the agent's)")
 		out       = fs.String("out", "", "results directory (default benchmarks/results/<UTC time> in a source tree, else overlay-bench-<UTC time>)")
 		install   = fs.Bool("install", true, "install missing iperf3/sockperf with apt-get")
+		keepLogs  = fs.Bool("keep-logs", false, "copy the logs of the agents, etcd and the servers into <out>/logs")
 		verbose   = fs.Bool("v", false, "log setup and cleanup steps")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -90,6 +91,7 @@ func run(args []string) int {
 		TUNDriver:   *tunDriver,
 		OutDir:      dir,
 		Install:     *install,
+		KeepLogs:    *keepLogs,
 		Command:     commandLine(args),
 		Progress:    os.Stderr,
 		Logger:      logger,
