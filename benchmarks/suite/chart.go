@@ -152,16 +152,29 @@ func Chart(r *Results) []byte {
 		fmt.Fprintf(&w, `<text x="%.1f" y="%.1f" font-size="13">%s</text>`+"\n", lx+20, plotBottom+74, esc(p.Title()))
 		lx += 40 + 8*float64(len(p.Title()))
 	}
-	// Targets, one line.
-	var verdicts []string
+	// Targets, one line: "TCP-1 vs kernel 0.62× (≥ 0.50) met · ...".
+	var parts []string
 	for _, v := range r.Targets {
-		if v.Status != StatusNotMeasured {
-			verdicts = append(verdicts, fmt.Sprintf("%s %s", v.Status, formatRatio(v.Ratio)))
+		if v.Status == StatusNotMeasured {
+			continue
 		}
+		op, color := "≥", "#1a7f37"
+		if v.AtMost {
+			op = "≤"
+		}
+		if v.Status != StatusMet {
+			color = "#c62828"
+		}
+		parts = append(parts, fmt.Sprintf(`%s %s (%s %s) <tspan fill="%s" font-weight="bold">%s</tspan>`,
+			esc(v.Short), formatRatio(v.Ratio), op, formatRatio(v.Limit), color, esc(v.Status)))
 	}
-	if len(verdicts) > 0 {
-		line := "Targets (TCP-1 ≥0.5× kernel, ≥10× naive; p50 ≤2× kernel; 64 B pps ≥0.9× kernel): " + strings.Join(verdicts, ", ")
-		fmt.Fprintf(&w, `<text x="%.0f" y="%.1f" font-size="12" fill="#444">%s</text>`+"\n", plotLeft, plotBottom+104, esc(line))
+	for i := 0; i < len(parts); i += 2 { // two per line
+		head := "Targets: "
+		if i > 0 {
+			head = ""
+		}
+		line := strings.Join(parts[i:min(i+2, len(parts))], " · ")
+		fmt.Fprintf(&w, `<text x="%.0f" y="%.1f" font-size="12" fill="#444">%s%s</text>`+"\n", plotLeft, plotBottom+98+18*float64(i/2), head, line)
 	}
 	w.WriteString("</svg>\n")
 	return w.Bytes()

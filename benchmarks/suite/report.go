@@ -49,7 +49,9 @@ func WriteFiles(dir string, r *Results) error {
 	return nil
 }
 
-// ReadFile reads a results.json written by WriteFiles.
+// ReadFile reads a results.json written by WriteFiles. The repetitions are
+// the source of truth: summaries, ratios and verdicts are computed again
+// from them, so a file re-rendered by a newer suite stays consistent.
 func ReadFile(path string) (*Results, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -62,6 +64,7 @@ func ReadFile(path string) (*Results, error) {
 	if r.Schema != SchemaVersion {
 		return nil, fmt.Errorf("%s: schema %d, this suite reads %d", path, r.Schema, SchemaVersion)
 	}
+	r.summarize()
 	return &r, nil
 }
 

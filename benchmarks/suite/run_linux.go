@@ -85,6 +85,10 @@ func run(ctx context.Context, cfg Config) (res *Results, err error) {
 
 	r := &runner{cfg: cfg, res: res, work: work, undo: undo, start: time.Now(),
 		total: cfg.Repetitions * len(cfg.Paths) * len(tests)}
+	if la := res.Host.LoadAvgStart[0]; la > 0.5*float64(res.Host.CPUs) {
+		fmt.Fprintf(cfg.Progress, "warning: the machine is busy (load average %.2f on %d CPUs): figures will be noisy; the ratios of the same run are fairer than the absolute values\n",
+			la, res.Host.CPUs)
+	}
 	fmt.Fprintf(cfg.Progress, "measuring %s: %d repetition(s) × %d tests × %v, paths interleaved (about %v)\n",
 		joinPaths(cfg.Paths), cfg.Repetitions, len(tests), cfg.Duration, r.estimate().Round(time.Second))
 	skip := map[PathID]bool{}

@@ -50,12 +50,13 @@ func run(args []string) int {
 		duration  = fs.Duration("duration", 10*time.Second, "duration of every test, whole seconds")
 		quick     = fs.Bool("quick", false, "smoke run: 1 s per test, 1 repetition (overrides --reps and --duration)")
 		overlay   = fs.String("overlay", "bin/overlay", "the overlay binary (make build)")
-		etcd      = fs.String("etcd", "", "etcd server for the agent paths (default: `overlay etcd` if the binary has it, else /usr/bin/etcd)")
+		etcd      = fs.String("etcd", "", "etcd server for the agent paths (default: the overlay binary's etcd command, else /usr/bin/etcd)")
 		tunDriver = fs.String("tun-driver", "", "--tun-driver for the default overlay path (auto, offload, plain; default: the agent's)")
 		out       = fs.String("out", "", "results directory (default benchmarks/results/<UTC time> in a source tree, else overlay-bench-<UTC time>)")
 		install   = fs.Bool("install", true, "install missing iperf3/sockperf with apt-get")
 		keepLogs  = fs.Bool("keep-logs", false, "copy the logs of the agents, etcd and the servers into <out>/logs")
 		verbose   = fs.Bool("v", false, "log setup and cleanup steps")
+		render    = fs.String("render", "", "measure nothing: re-render results.md and chart.svg from this results.json, in its directory")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -66,6 +67,18 @@ func run(args []string) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "overlay-bench: unexpected argument %q\n", fs.Arg(0))
 		return 2
+	}
+	if *render != "" {
+		res, err := suite.ReadFile(*render)
+		if err == nil {
+			err = suite.WriteFiles(filepath.Dir(*render), res)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "overlay-bench: %v\n", err)
+			return 1
+		}
+		fmt.Print(suite.Summary(res))
+		return 0
 	}
 	ps, err := suite.ParsePaths(*paths)
 	if err != nil {
