@@ -141,7 +141,8 @@ func parseKeyPart(s string, want4 bool) (netip.Prefix, error) {
 		return netip.Prefix{}, errKey
 	}
 	a, err := netip.ParseAddr(s[:i])
-	if err != nil || a.Is4() != want4 || a.Zone() != "" || a.Is4In6() || a.String() != s[:i] {
+	var buf [48]byte // canonical form without allocating: one subnet, one key
+	if err != nil || a.Is4() != want4 || a.Zone() != "" || a.Is4In6() || string(a.AppendTo(buf[:0])) != s[:i] {
 		return netip.Prefix{}, errKey
 	}
 	ls := s[i+1:]
@@ -174,7 +175,7 @@ type leaseValue struct {
 
 type vxlanData struct {
 	VNI     uint32
-	VtepMAC string
+	VtepMAC string `json:",omitempty"`
 }
 
 // leaseValueIn is what is accepted when reading: any BackendData shape.
@@ -197,17 +198,14 @@ func encodeValue(l *Lease) ([]byte, error) {
 		s := l.PublicIPv6.String()
 		v.PublicIPv6 = &s
 	}
-	if l.VtepMAC != nil {
-		v.BackendData = &vxlanData{VNI: l.VNI, VtepMAC: l.VtepMAC.String()}
+	if l.VtepMAC != nil || l.VNI != 0 {
+		v.BackendData = &vxlanData{VNI: l.VNI}
+		if l.VtepMAC != nil {
+			v.BackendData.VtepMAC = l.VtepMAC.String()
+		}
 	}
-	if l.IPv6Subnet.IsValid() {
-		mac := l.IPv6VtepMAC
-		if mac == nil {
-			mac = l.VtepMAC
-		}
-		if mac != nil {
-			v.BackendV6Data = &vxlanData{VNI: l.VNI, VtepMAC: mac.String()}
-		}
+	if l.IPv6VtepMAC != nil {
+		v.BackendV6Data = &vxlanData{VNI: l.VNI, VtepMAC: l.IPv6VtepMAC.String()}
 	}
 	return json.Marshal(v)
 }
