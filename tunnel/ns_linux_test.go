@@ -391,6 +391,8 @@ func TestNamespaceTunnels(t *testing.T) {
 			d := transfer(t, a, b, podB, size)
 			t.Logf("%s: %d MB in %v (%.0f Mbit/s)", fl.name, size>>20, d.Round(time.Millisecond), float64(size)*8/d.Seconds()/1e6)
 			sa, sb := ta.Stats(), tb.Stats()
+			t.Logf("A: %d packets out in %d batches; B: %d packets in in %d batches; %d acks back in %d batches",
+				sa.Out.Packets, sa.Out.Batches, sb.In.Packets, sb.In.Batches, sa.In.Packets, sa.In.Batches)
 			if sa.Out.Packets == 0 || sb.In.Packets == 0 || sa.In.Packets == 0 {
 				t.Errorf("counters did not move: A out %d in %d, B in %d", sa.Out.Packets, sa.In.Packets, sb.In.Packets)
 			}
