@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 )
 
@@ -102,7 +104,7 @@ func New(ctx context.Context, opts Options) (c *Cluster, err error) {
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return c.hub.DialContext(ctx, "tcp", addr)
 		})},
-		Logger: nil,
+		Logger: zap.NewNop(),
 	})
 	if err != nil {
 		return c, fmt.Errorf("etcd client: %w", err)
@@ -408,6 +410,9 @@ func (c *Cluster) AddNode(ctx context.Context, opts NodeOptions) (n *Node, err e
 	if opts.Kind == Agent && c.opts.Binary == "" {
 		return nil, errors.New("agent node: cluster has no overlay binary")
 	}
+	if opts.Rootless != nil && opts.Kind != Agent {
+		return nil, errors.New("rootless applies to agent nodes only")
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -443,7 +448,12 @@ func (c *Cluster) AddNode(ctx context.Context, opts NodeOptions) (n *Node, err e
 	if err := os.MkdirAll(filepath.Dir(n.SubnetFile), 0o755); err != nil {
 		return n, err
 	}
-	if _, err = addNS(ctx, name); err != nil {
+	if opts.Rootless != nil {
+		err = n.addRootlessNS(ctx)
+	} else {
+		_, err = addNS(ctx, name)
+	}
+	if err != nil {
 		return n, err
 	}
 	if err := c.joinHub(n); err != nil {
@@ -614,6 +624,7 @@ type Node struct {
 
 	mu      sync.Mutex // guards the fields below
 	agent   *proc
+	holder  *proc             // rootless: the process that owns the namespaces
 	env     map[string]string // subnet.env as last read
 	subnet  netip.Prefix
 	mtu     int
@@ -707,7 +718,14 @@ func (n *Node) Start(ctx context.Context) error {
 		n.mu.Unlock()
 		return nil
 	}
-	cmd := n.NS.Command(context.Background(), n.c.opts.Binary, n.AgentArgs()...)
+	var cmd *exec.Cmd
+	if n.opts.Rootless != nil {
+		// uid 0 of the node's user namespace: the unprivileged user outside.
+		cmd = command(context.Background(), "nsenter", append([]string{
+			"--target", strconv.Itoa(n.holder.pid()), "--user", "--net", "--", n.c.opts.Binary}, n.AgentArgs()...)...)
+	} else {
+		cmd = n.NS.Command(context.Background(), n.c.opts.Binary, n.AgentArgs()...)
+	}
 	cmd.Cancel = nil
 	p, err := startProc(n.Name+" agent", cmd, n.LogPath)
 	if err != nil {
@@ -836,7 +854,14 @@ func (n *Node) Running() bool {
 func (n *Node) shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	return n.Stop(ctx)
+	err := n.Stop(ctx)
+	n.mu.Lock()
+	h := n.holder
+	n.mu.Unlock()
+	if h != nil {
+		h.kill()
+	}
+	return err
 }
 
 // HTTPGet fetches a path from the agent's healthz endpoint inside the node

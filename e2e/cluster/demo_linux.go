@@ -66,7 +66,7 @@ func runDemo(ctx context.Context, w io.Writer, opts DemoOptions, kind NodeKind) 
 		return errors.New("demo: needs ping (apt-get install iputils-ping)")
 	}
 
-	d := &demo{w: w, opts: opts, start: time.Now()}
+	d := &demo{ctx: ctx, w: w, opts: opts, start: time.Now()}
 	d.printf("overlay demo: %d nodes in network namespaces (%s*), userspace VXLAN over a %d-byte underlay\n\n", opts.Nodes, opts.Prefix, UnderlayMTU)
 
 	// Leftovers of a killed demo would collide with our names.
@@ -116,7 +116,7 @@ func runDemo(ctx context.Context, w io.Writer, opts DemoOptions, kind NodeKind) 
 		}
 	}()
 
-	err = d.step("underlay bridge "+opts.Prefix+"br with "+netip.PrefixFrom(HubIP, Underlay.Bits()).String()+" and etcd", func() (string, error) {
+	err = d.step("underlay "+netip.PrefixFrom(HubIP, Underlay.Bits()).String()+" on "+opts.Prefix+"br, etcd", func() (string, error) {
 		var err error
 		c, err = New(ctx, Options{
 			Prefix:     opts.Prefix,
@@ -194,6 +194,7 @@ func runDemo(ctx context.Context, w io.Writer, opts DemoOptions, kind NodeKind) 
 
 // demo prints the demo's progress.
 type demo struct {
+	ctx   context.Context // cancelled on Ctrl-C
 	w     io.Writer
 	opts  DemoOptions
 	start time.Time
@@ -207,6 +208,11 @@ func (d *demo) step(what string, fn func() (string, error)) error {
 	t := time.Now()
 	detail, err := fn()
 	el := time.Since(t).Round(10 * time.Millisecond)
+	if err != nil && d.ctx.Err() != nil && !strings.HasPrefix(what, "tear down") {
+		// Interrupted: the step's own errors are only echoes of that.
+		d.printf(" ✗ %-52s %6s  interrupted\n", what, fmtDuration(el))
+		return fmt.Errorf("%s: %w", what, d.ctx.Err())
+	}
 	mark := "✓"
 	if err != nil {
 		mark = "✗"
@@ -380,6 +386,20 @@ func measureThroughput(ctx context.Context, src, dst *Pod, d time.Duration) (thr
 	return throughput{tool: "Go TCP transfer (sha256 verified)", bitsPerSec: r.Mbps() * 1e6, duration: r.Duration}, nil
 }
 
+// iperfResult is the part of `iperf3 -J` output the demo reads.
+type iperfResult struct {
+	Error string `json:"error"`
+	End   struct {
+		SumSent struct {
+			Retransmits int `json:"retransmits"`
+		} `json:"sum_sent"`
+		SumReceived struct {
+			Seconds       float64 `json:"seconds"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+}
+
 // iperf3 runs a one-off iperf3 server in dst and a client in src.
 func iperf3(ctx context.Context, src, dst *Pod, d time.Duration) (throughput, error) {
 	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
@@ -396,31 +416,20 @@ func iperf3(ctx context.Context, src, dst *Pod, d time.Duration) (throughput, er
 		_ = srv.Wait()
 	}()
 	secs := strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second)))
-	var out []byte
+	var res iperfResult
 	var err error
 	// The server needs a moment to listen; a refused connection is retried.
 	for try := 0; try < 50; try++ {
+		var out []byte
 		out, err = src.NS.Command(ctx, "iperf3", "-c", dst.Addr.String(), "-p", port, "-t", secs, "-J").Output()
-		if err == nil || ctx.Err() != nil || !bytes.Contains(out, []byte("onnection refused")) {
+		res = iperfResult{}
+		if jerr := json.Unmarshal(out, &res); jerr != nil {
+			return throughput{}, fmt.Errorf("iperf3 client in %s: %v: %s %s", src.Name, err, bytes.TrimSpace(out), bytes.TrimSpace(serverOut.Bytes()))
+		}
+		if !strings.Contains(res.Error, "refused") || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-	var res struct {
-		Error string `json:"error"`
-		End   struct {
-			SumSent struct {
-				Seconds     float64 `json:"seconds"`
-				Retransmits int     `json:"retransmits"`
-			} `json:"sum_sent"`
-			SumReceived struct {
-				Seconds       float64 `json:"seconds"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if jerr := json.Unmarshal(out, &res); jerr != nil {
-		return throughput{}, fmt.Errorf("iperf3 client in %s: %v: %s %s", src.Name, err, bytes.TrimSpace(out), bytes.TrimSpace(serverOut.Bytes()))
 	}
 	if res.Error != "" {
 		return throughput{}, fmt.Errorf("iperf3 client in %s: %s", src.Name, res.Error)

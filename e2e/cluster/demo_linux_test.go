@@ -41,7 +41,7 @@ func TestDemoOnKernelNodes(t *testing.T) {
 		t.Fatalf("demo: %v", err)
 	}
 	for _, want := range []string{
-		"✓ underlay bridge", "/coreos.com/network/subnets/10.244.", `"BackendType":"vxlan"`,
+		"✓ underlay 172.30.250.1/24", "/coreos.com/network/subnets/10.244.", `"BackendType":"vxlan"`,
 		"30 of 30 pairs answered", "THROUGHPUT", "✓ tear down", "all checks passed",
 	} {
 		if !strings.Contains(out.String(), want) {

@@ -118,6 +118,15 @@ func (n *Node) setupKernel(ctx context.Context) (*kernelNode, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kernel vxlan: %w", err)
 	}
+	if !n.opts.UnderlayGSO {
+		// A veth hands the kernel's VXLAN super-frames (a TSO-sized inner
+		// TCP packet under one outer header) to the peer whole; a real NIC
+		// segments them, and a real wire never carries a frame above the
+		// MTU. Segmenting in software before the veth models the wire.
+		if err := n.NS.setSegmentationOffload("eth0", false); err != nil {
+			return nil, fmt.Errorf("model a physical NIC on eth0: %w", err)
+		}
+	}
 	if err := k.acquire(ctx); err != nil {
 		return nil, err
 	}

@@ -110,17 +110,28 @@ type NodeOptions struct {
 	Pods int
 	// Args are appended to this agent's `overlay up` command line.
 	Args []string
-	// Rootless runs the agent as an unprivileged user inside its own user
-	// namespace, which owns the node's network namespace (agent nodes only).
+	// Rootless, when set, runs the agent without root (agent nodes only).
 	Rootless *Rootless
+	// UnderlayGSO keeps segmentation offload on a kernel node's eth0, so
+	// its VXLAN frames cross the veth as unsegmented super-frames, as
+	// between containers on one host. By default (false) the harness turns
+	// TSO and GSO off there, so frames on the underlay are at most the MTU,
+	// as on a physical wire between hosts.
+	UnderlayGSO bool
 }
 
-// Rootless describes how an agent node runs without root: the node's network
-// namespace is created by an unprivileged user inside a user namespace that
-// maps that user to uid 0, and the agent runs there with capabilities only
-// over that namespace.
+// Rootless describes an agent node run as an unprivileged user, the way a
+// rootless container runtime runs one: the user creates a user namespace
+// (mapping itself to uid 0) and the node's network namespace inside it
+// (`setpriv --reuid U unshare --user --map-root-user --net`), and the agent
+// runs there (`nsenter --user --net`) as uid 0 of that user namespace: the
+// unprivileged user outside, with capabilities only over its own
+// namespaces. The harness, as root, still wires the node's veth, bridge and
+// pods. The agent must be able to open /dev/net/tun (mode 0666), execute
+// the overlay binary, and traverse WorkDir: the harness adds o+x to WorkDir
+// and hands the node's directory (subnet.env) to the user.
 type Rootless struct {
-	// UID and GID of the unprivileged user (e.g. 65534, nobody).
+	// UID and GID of the unprivileged user, e.g. 65534 (nobody).
 	UID, GID uint32
 }
 
