@@ -124,7 +124,7 @@ func offloadFromFD(fd int) (Device, error) {
 		dev.Close()
 		return nil, fmt.Errorf("tunnel: TUN %s: %w", name, errNoOffload)
 	}
-	return &offloadTUN{dev: dev, name: name}, nil
+	return newOffloadTUN(dev, name), nil
 }
 
 // openPlain creates a TUN without offloads with water. water also clears
@@ -233,16 +233,67 @@ func getMTU(name string) (int, error) {
 // wireguard's tun package: Read splits TSO super-packets into segments (and
 // completes partial checksums), Write coalesces TCP and UDP segments of one
 // flow back into super-packets.
+//
+// Read drains the device: after the blocking read that wakes it, it keeps
+// reading while the kernel's queue holds packets and a whole super-packet
+// still fits in bufs. Small packets (UDP, ACKs) come one per read(2), and
+// draining lets a burst of them leave in one send, or one GSO send.
 type offloadTUN struct {
 	dev  wgtun.Device
 	name string
 	mtu  int
+
+	raw     syscall.RawConn
+	pollFds [1]unix.PollFd
+	ready   bool
+	pollFn  func(fd uintptr) // t.poll, bound once so Read does not allocate
 }
 
 var _ Device = (*offloadTUN)(nil)
 
+func newOffloadTUN(dev wgtun.Device, name string) *offloadTUN {
+	t := &offloadTUN{dev: dev, name: name}
+	if raw, err := dev.File().SyscallConn(); err == nil {
+		t.raw = raw
+	}
+	t.pollFn = t.poll
+	return t
+}
+
+func (t *offloadTUN) poll(fd uintptr) {
+	t.pollFds[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	n, err := unix.Poll(t.pollFds[:], 0)
+	t.ready = err == nil && n > 0 && t.pollFds[0].Revents&unix.POLLIN != 0
+}
+
+// readable reports whether a read would find a packet now.
+func (t *offloadTUN) readable() bool {
+	if t.raw == nil {
+		return false
+	}
+	t.ready = false
+	if err := t.raw.Control(t.pollFn); err != nil {
+		return false
+	}
+	return t.ready
+}
+
 func (t *offloadTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	return t.dev.Read(bufs, sizes, offset)
+	n, err := t.dev.Read(bufs, sizes, offset)
+	if err != nil {
+		return n, err
+	}
+	room := t.dev.BatchSize() // the most segments one read may produce
+	for n > 0 && len(bufs)-n >= room && t.readable() {
+		k, err := t.dev.Read(bufs[n:], sizes[n:], offset)
+		if err != nil {
+			// The packets already read are good; the error will come
+			// back on the next call if it persists.
+			break
+		}
+		n += k
+	}
+	return n, nil
 }
 
 func (t *offloadTUN) Write(bufs [][]byte, offset int) (int, error) {

@@ -43,20 +43,26 @@ func newOutPump(t *Tunnel) *outPump {
 	if t.dev.BatchSize() == 1 {
 		pktMax = 65535 // one buffer: room for anything the device may hold
 	}
+	// An offloading device may drain several reads into one batch as long
+	// as a whole super-packet still fits: give it room for one more.
+	nbufs := t.batch
+	if t.dev.BatchSize() > 1 {
+		nbufs += t.dev.BatchSize()
+	}
 	p := &outPump{
 		t:        t,
-		bufs:     make([][]byte, t.batch),
-		sizes:    make([]int, t.batch),
-		group:    make([]int, t.batch),
-		groups:   make([]outGroup, 0, t.batch),
-		frames:   make([][]byte, t.batch),
-		msgs:     make([]WriteMessage, 0, t.batch),
+		bufs:     make([][]byte, nbufs),
+		sizes:    make([]int, nbufs),
+		group:    make([]int, nbufs),
+		groups:   make([]outGroup, 0, nbufs),
+		frames:   make([][]byte, nbufs),
+		msgs:     make([]WriteMessage, 0, nbufs),
 		icmp:     newICMPWriter(t),
 		readErrs: errorLog{log: t.log, msg: "TUN read failed"},
 		sendErrs: errorLog{log: t.log, msg: "UDP send failed"},
 	}
 	stride := encap.Headroom + pktMax
-	slab := make([]byte, stride*t.batch)
+	slab := make([]byte, stride*nbufs)
 	for i := range p.bufs {
 		p.bufs[i] = slab[i*stride : (i+1)*stride : (i+1)*stride]
 	}
