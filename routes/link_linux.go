@@ -75,6 +75,15 @@ func (l *Link) configure(cfg LinkConfig) error {
 			return err
 		}
 	}
+	if cfg.IPv6Addr == (netip.Prefix{}) && cfg.IPv6Network == (netip.Prefix{}) && attrs.Flags&net.FlagUp == 0 {
+		// An overlay without IPv6 keeps the kernel from giving the link a
+		// link-local address, whose router solicitations and MLD reports
+		// would only reach the datapath to be dropped as unroutable. Set
+		// before the link goes up, so none is ever sent; not undone by
+		// Remove, as the device is the overlay's own (ip link set addrgenmode
+		// none). A kernel without IPv6 refuses it, which is as good.
+		_ = l.h.LinkSetIP6AddrGenMode(link, addrGenModeNone)
+	}
 	if attrs.Flags&net.FlagUp == 0 {
 		if err := l.h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("routes: bring %s up: %w", cfg.Name, err)
@@ -91,6 +100,9 @@ func (l *Link) configure(cfg LinkConfig) error {
 	}
 	return nil
 }
+
+// addrGenModeNone is IN6_ADDR_GEN_MODE_NONE from <linux/if_link.h>.
+const addrGenModeNone = 1
 
 func family(p netip.Prefix) int {
 	if p.Addr().Is4() {

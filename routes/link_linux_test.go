@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -230,4 +231,48 @@ func TestConfigureLinkConflict(t *testing.T) {
 			t.Errorf("ConfigureLink(%+v) accepted a bad config", bad)
 		}
 	}
+}
+
+// Without IPv6 in the overlay the link gets no link-local address, so the
+// kernel sends no router solicitations or MLD reports into the datapath.
+func TestConfigureLinkIPv4OnlyHasNoIPv6(t *testing.T) {
+	in := newNetns(t)
+	in(func() {
+		// A TUN held open, as the agent holds its own: only a link with
+		// carrier gets a link-local address.
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		ifr, err := unix.NewIfreq("ovl-tn1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			t.Fatal(err)
+		}
+		l, err := ConfigureLink(LinkConfig{Name: "ovl-tn1", MTU: 1450,
+			Addr: mustPrefix("10.244.62.0/32"), Network: mustPrefix("10.244.0.0/16")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Remove()
+		link, err := netlink.LinkByName("ovl-tn1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Give the kernel time to generate a link-local address if it
+		// were going to (it does so synchronously on NETDEV_UP, but DAD
+		// and timers run later).
+		time.Sleep(200 * time.Millisecond)
+		addrs, err := netlink.AddrList(link, netlink.FAMILY_V6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(addrs) != 0 {
+			t.Errorf("IPv4-only overlay link has IPv6 addresses %v", addrs)
+		}
+	})
 }
