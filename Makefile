@@ -67,6 +67,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecap$$' -fuzztime 60s ./encap
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime 60s ./encap
 
+# The multi-node end-to-end suite: one line per test with its result and
+# time; the whole log stays in e2e.log.
+e2e:
+	set -o pipefail; $(GO) test -v -count=1 -timeout 30m ./e2e/... 2>&1 | tee e2e.log | grep -E '^\s*(--- (PASS|FAIL|SKIP)|(ok|FAIL|PASS)\b|panic:)'
+
 # The README's first command: a three-node cluster in network namespaces.
 demo: build sysdeps
 	$(BIN) demo
