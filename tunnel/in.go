@@ -29,6 +29,7 @@ type inPump struct {
 	now        int64
 
 	readErrs, writeErrs errorLog
+	closed              bool // the device was closed during segment
 }
 
 // writeBufCap is the capacity of a write buffer: headroom plus the largest
@@ -113,6 +114,15 @@ func (p *inPump) process(n int) bool {
 				continue
 			}
 			p.account(snap, pkt)
+			if len(pkt) > t.mtu {
+				// A TCP super-packet from a kernel VTEP on this host (tso.go).
+				if !p.segment(pkt) {
+					t.in.drops[DropTooBig].Add(1)
+				} else if p.closed {
+					return false
+				}
+				continue
+			}
 			if finishPartialChecksum(pkt) {
 				t.in.partial.Add(1)
 			}

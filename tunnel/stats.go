@@ -17,6 +17,8 @@ const (
 	DropLoop
 	// DropTooBig: larger than the overlay MTU (answered with ICMP
 	// "fragmentation needed" or ICMPv6 "packet too big" where allowed).
+	// Received (in) packets larger than the MTU are TCP super-packets from
+	// kernel VTEPs and are segmented; only what cannot be is dropped.
 	DropTooBig
 	// DropMalformed: not an IPv4 or IPv6 packet, or shorter than its
 	// header (either direction).
@@ -81,7 +83,7 @@ func (r DropReason) String() string {
 // order, for exporters that want every series present from the start.
 var (
 	OutDropReasons = []DropReason{DropNoRoute, DropLoop, DropTooBig, DropMalformed, DropSend}
-	InDropReasons  = []DropReason{DropMalformed, DropShort, DropNoIFlag, DropWrongVNI, DropNotOurMAC, DropARP, DropEtherType, DropVersion, DropTruncatedIP, DropTruncated, DropWrite}
+	InDropReasons  = []DropReason{DropTooBig, DropMalformed, DropShort, DropNoIFlag, DropWrongVNI, DropNotOurMAC, DropARP, DropEtherType, DropVersion, DropTruncatedIP, DropTruncated, DropWrite}
 )
 
 // Stats is a reading of a Tunnel's counters.
