@@ -67,7 +67,7 @@ func run(ctx context.Context, cfg Config) (res *Results, err error) {
 		res.Paths = append(res.Paths, PathResult{ID: p, Title: p.Title()})
 	}
 
-	if err := removeStale(ctx, func(msg string, args ...any) { cfg.Logger.Info(msg, args...) }); err != nil {
+	if err := removeStale(ctx, func(what string) { fmt.Fprintf(cfg.Progress, "removing %s left by an earlier run\n", what) }); err != nil {
 		return nil, fmt.Errorf("remove stale benchmark namespaces: %w", err)
 	}
 	work, err := os.MkdirTemp("", namePrefix+"work-")

@@ -108,7 +108,7 @@ func removeNetns(ctx context.Context, ns string) error {
 
 // removeStale deletes the ovl-bn-* namespaces and host links a run killed
 // before its cleanup left behind. The caller holds the run lock.
-func removeStale(ctx context.Context, log func(string, ...any)) error {
+func removeStale(ctx context.Context, report func(what string)) error {
 	names, err := netnsNames()
 	if err != nil {
 		return fmt.Errorf("list network namespaces: %w", err)
@@ -116,7 +116,7 @@ func removeStale(ctx context.Context, log func(string, ...any)) error {
 	var errs []error
 	for _, ns := range names {
 		if strings.HasPrefix(ns, namePrefix) {
-			log("removing stale namespace", "ns", ns)
+			report("namespace " + ns)
 			if err := removeNetns(ctx, ns); err != nil {
 				errs = append(errs, err)
 			}
@@ -128,7 +128,7 @@ func removeStale(ctx context.Context, log func(string, ...any)) error {
 	}
 	for _, l := range links {
 		if strings.HasPrefix(l.Name(), namePrefix) {
-			log("removing stale link", "link", l.Name())
+			report("link " + l.Name())
 			if err := ip(ctx, "link", "del", l.Name()); err != nil {
 				errs = append(errs, err)
 			}
