@@ -127,7 +127,7 @@ func Markdown(r *Results) string {
 	var b strings.Builder
 	paths := r.sortedPaths()
 	fmt.Fprintf(&b, "# overlay: throughput comparison\n\n")
-	fmt.Fprintf(&b, "Measured %s on `%s` (%s, %d CPUs, Linux %s), load average %.2f at the start and %.2f at the end.\n\n",
+	fmt.Fprintf(&b, "Measured %s on `%s` (%s, %d CPUs, Linux %s), load average %.2f at the start (%.2f at the end, which counts the suite's own load generators).\n\n",
 		r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Host.Hostname, r.Host.CPUModel, r.Host.CPUs, r.Host.Kernel,
 		r.Host.LoadAvgStart[0], r.Host.LoadAvgEnd[0])
 	fmt.Fprintf(&b, "Command: `%s`\n\n", r.Command)
