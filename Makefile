@@ -72,6 +72,20 @@ fuzz:
 e2e:
 	set -o pipefail; $(GO) test -v -count=1 -timeout 30m ./e2e/... 2>&1 | tee e2e.log | grep -E '^\s*(--- (PASS|FAIL|SKIP)|(ok|FAIL|PASS)\b|panic:)'
 
+# The throughput comparison suite (benchmarks/README.md): underlay, kernel
+# VXLAN, overlay and overlay --naive in one run. BENCHFLAGS passes options.
+BENCH := bin/overlay-bench
+
+bench: build sysdeps
+	$(GO) build -o $(BENCH) ./benchmarks/cmd/overlay-bench
+	$(BENCH) --overlay $(BIN) $(BENCHFLAGS)
+
+# About 1 s per test and one repetition: CI runs it so the suite never rots;
+# its figures are not judged.
+bench-quick: build sysdeps
+	$(GO) build -o $(BENCH) ./benchmarks/cmd/overlay-bench
+	$(BENCH) --overlay $(BIN) --quick --out benchmarks/results/tmp-quick $(BENCHFLAGS)
+
 # The README's first command: a three-node cluster in network namespaces.
 demo: build sysdeps
 	$(BIN) demo
