@@ -77,7 +77,16 @@ type WriteMessage struct {
 	// message with the same Flow leaves from the same source port, so a
 	// flow keeps one outer source port (RFC 7348 section 5).
 	Flow uint32
-	// Sent is set by WriteBatch to the number of frames sent.
+	// Segment, when nonzero, makes Frames pieces of datagrams rather than
+	// datagrams (scatter-gather): their concatenation is cut into
+	// datagrams of Segment bytes, the last possibly shorter, as the
+	// kernel's UDP_SEGMENT does. Every datagram must be made of whole
+	// pieces, and one message may carry at most 64 datagrams and 65487
+	// bytes, so it is one GSO send (or, without GSO, one send per
+	// datagram).
+	Segment int
+	// Sent is set by WriteBatch to the number of datagrams sent (of
+	// frames, without Segment).
 	Sent int
 }
 
@@ -102,6 +111,18 @@ type UDPOptions struct {
 	// Logger receives offload fallbacks; nil means slog.Default().
 	Logger *slog.Logger
 }
+
+// UDP segmentation limits, which WriteMessage.Segment messages keep to.
+const (
+	// maxGSOSegments is the most datagrams one UDP_SEGMENT send may carry
+	// (UDP_MAX_SEGMENTS in include/linux/udp.h; 64 before Linux 6.x raised
+	// it, so we keep to 64).
+	maxGSOSegments = 64
+	// maxGSOBytes is the most payload one segmented send may carry: the
+	// total must fit one IP datagram (64 KiB less the IPv6 and UDP headers,
+	// the stricter family).
+	maxGSOBytes = 65535 - 40 - 8
+)
 
 // UDP defaults.
 const (

@@ -25,14 +25,6 @@ import (
 // the goroutine while the socket is not ready.
 
 const (
-	// maxGSOSegments is the most datagrams one UDP_SEGMENT send may carry
-	// (UDP_MAX_SEGMENTS in include/linux/udp.h; 64 before Linux 6.x raised
-	// it, so we keep to 64).
-	maxGSOSegments = 64
-	// maxGSOBytes is the most payload one segmented send may carry: the
-	// total must fit one IP datagram (64 KiB less the IPv6 and UDP headers,
-	// the stricter family).
-	maxGSOBytes = 65535 - 40 - 8
 	// connBatch is the number of mmsghdrs per direction.
 	connBatch = 128
 )
@@ -375,7 +367,7 @@ type cursor struct{ msg, frame int }
 
 func (w *sendState) init() {
 	w.hdrs = make([]unix.Mmsghdr, connBatch)
-	w.iovs = make([]unix.Iovec, 2*connBatch)
+	w.iovs = make([]unix.Iovec, 8*connBatch)
 	w.names = make([]unix.RawSockaddrInet6, connBatch)
 	w.oob = make([]byte, connBatch*segCmsgSpace)
 	w.refs = make([]sendRef, connBatch)
@@ -499,7 +491,24 @@ func (c *udpConn) pack(s int, msgs []WriteMessage, cur cursor) (int, cursor, err
 		// A GSO run: frames of the segment size, the last possibly shorter.
 		seg := len(f0)
 		k := cur.frame + 1
-		if gso {
+		dgrams := 0 // datagrams in this mmsghdr, when pieces are not datagrams
+		if m.Segment > 0 {
+			seg = m.Segment
+			if gso {
+				k = len(m.Frames)
+				dgrams = 0
+				for _, f := range m.Frames[cur.frame:] {
+					dgrams += len(f)
+				}
+				dgrams = (dgrams + seg - 1) / seg
+			} else {
+				// One datagram: whole pieces up to Segment bytes.
+				for l := len(f0); k < len(m.Frames) && l+len(m.Frames[k]) <= seg; k++ {
+					l += len(m.Frames[k])
+				}
+				dgrams = 1
+			}
+		} else if gso {
 			total := seg
 			for k < len(m.Frames) && k-cur.frame < maxGSOSegments && niov+k-cur.frame < len(w.iovs) {
 				fl := len(m.Frames[k])
@@ -515,12 +524,23 @@ func (c *udpConn) pack(s int, msgs []WriteMessage, cur cursor) (int, cursor, err
 		}
 		count := k - cur.frame
 		if niov+count > len(w.iovs) {
+			if niov == 0 {
+				// Larger than the whole iovec array: a caller's bug.
+				if perr == nil {
+					perr = fmt.Errorf("tunnel: send to %v: %d pieces in one message", m.Addr, count)
+				}
+				cur = cursor{cur.msg + 1, 0}
+				continue
+			}
 			break
 		}
 		for j := range count {
 			f := m.Frames[cur.frame+j]
+			if len(f) == 0 {
+				f = f0 // an empty piece: any valid base with length 0
+			}
 			w.iovs[niov+j].Base = &f[0]
-			w.iovs[niov+j].SetLen(len(f))
+			w.iovs[niov+j].SetLen(len(m.Frames[cur.frame+j]))
 		}
 		h := &w.hdrs[nh].Hdr
 		h.Name = (*byte)(unsafe.Pointer(&w.names[nh]))
@@ -528,7 +548,10 @@ func (c *udpConn) pack(s int, msgs []WriteMessage, cur cursor) (int, cursor, err
 		h.Iov = &w.iovs[niov]
 		h.SetIovlen(count)
 		h.Flags = 0
-		if count > 1 {
+		if dgrams == 0 {
+			dgrams = count
+		}
+		if dgrams > 1 {
 			oob := w.oob[nh*segCmsgSpace : (nh+1)*segCmsgSpace]
 			cm := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 			cm.Level = unix.SOL_UDP
@@ -541,7 +564,7 @@ func (c *udpConn) pack(s int, msgs []WriteMessage, cur cursor) (int, cursor, err
 			h.Control = nil
 			h.SetControllen(0)
 		}
-		w.refs[nh] = sendRef{msg: cur.msg, frame: cur.frame, count: count}
+		w.refs[nh] = sendRef{msg: cur.msg, frame: cur.frame, count: dgrams}
 		nh++
 		niov += count
 		cur.frame = k

@@ -176,3 +176,45 @@ func TestConnRejectsOtherFamily(t *testing.T) {
 		t.Error("ListenUDP accepted too many source ports")
 	}
 }
+
+// TestConnScatterGather sends messages whose frames are pieces of
+// datagrams (a header and a payload per datagram, WriteMessage.Segment) and
+// checks that every datagram arrives whole, in order, with and without GSO.
+func TestConnScatterGather(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		t.Run(map[bool]string{false: "offloads", true: "no-offloads"}[off], func(t *testing.T) {
+			a := listen(t, tunnel.UDPOptions{DisableGSO: off, DisableGRO: off, SourcePorts: 1})
+			b := listen(t, tunnel.UDPOptions{DisableGSO: off, DisableGRO: off})
+			const hdr, seg = 74, 1472
+			var want [][]byte
+			var msgs []tunnel.WriteMessage
+			// Two messages: 44 full datagrams (one GSO send at the size
+			// limit), then 3 with a short last one.
+			for mi, count := range []int{44, 3} {
+				m := tunnel.WriteMessage{Addr: b.LocalAddr(), Flow: 1, Segment: seg}
+				for i := range count {
+					h := payload(hdr, byte(mi*64+i))
+					p := payload(seg-hdr, byte(i*7))
+					if mi == 1 && i == count-1 {
+						p = p[:333]
+					}
+					m.Frames = append(m.Frames, h, p)
+					want = append(want, append(append([]byte(nil), h...), p...))
+				}
+				msgs = append(msgs, m)
+			}
+			if err := a.WriteBatch(msgs); err != nil {
+				t.Fatal(err)
+			}
+			if msgs[0].Sent != 44 || msgs[1].Sent != 3 {
+				t.Fatalf("Sent = %d, %d; want 44, 3", msgs[0].Sent, msgs[1].Sent)
+			}
+			got := readN(t, b, len(want))
+			for i := range want {
+				if !bytes.Equal(got[i].data, want[i]) {
+					t.Fatalf("datagram %d: %d bytes, want %d (or contents differ)", i, len(got[i].data), len(want[i]))
+				}
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"syscall"
+	"unsafe"
 
 	"github.com/songgao/water"
 	"golang.org/x/sys/unix"
@@ -124,7 +125,11 @@ func offloadFromFD(fd int) (Device, error) {
 		dev.Close()
 		return nil, fmt.Errorf("tunnel: TUN %s: %w", name, errNoOffload)
 	}
-	return newOffloadTUN(dev, name), nil
+	t := newOffloadTUN(dev, name)
+	// wireguard turned UDP segmentation on where the kernel has it
+	// (Linux 6.2); asking again tells us whether it did.
+	t.uso = unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tcpOffloads|unix.TUN_F_USO4|unix.TUN_F_USO6) == nil
+	return t, nil
 }
 
 // openPlain creates a TUN without offloads with water. water also clears
@@ -247,6 +252,21 @@ type offloadTUN struct {
 	pollFds [1]unix.PollFd
 	ready   bool
 	pollFn  func(fd uintptr) // t.poll, bound once so Read does not allocate
+
+	// readVnet's call state; readFn is t.readOnce, bound once.
+	rbuf   []byte
+	rn     int
+	rerr   unix.Errno
+	rwait  bool
+	readFn func(fd uintptr) bool
+
+	uso bool // the kernel takes GSO_UDP_L4 packets
+
+	// writeVnet's call state; writeFn is t.writeOnce, bound once.
+	iovs    []unix.Iovec
+	niov    int
+	werr    unix.Errno
+	writeFn func(fd uintptr) bool
 }
 
 var _ Device = (*offloadTUN)(nil)
@@ -257,7 +277,101 @@ func newOffloadTUN(dev wgtun.Device, name string) *offloadTUN {
 		t.raw = raw
 	}
 	t.pollFn = t.poll
+	t.readFn = t.readOnce
+	t.iovs = make([]unix.Iovec, maxVnetPieces)
+	t.writeFn = t.writeOnce
 	return t
+}
+
+func (t *offloadTUN) udpGSO() bool { return t.uso }
+
+// maxVnetPieces is the most pieces one writeVnet takes (UIO_MAXIOV is
+// 1024).
+const maxVnetPieces = 1024
+
+// writeVnet writes one packet, a virtio-net header and the packet, given
+// as pieces to concatenate, with one writev. It is for the in pump only.
+func (t *offloadTUN) writeVnet(pieces [][]byte) error {
+	if t.raw == nil {
+		return errNoOffload
+	}
+	if len(pieces) > len(t.iovs) {
+		return fmt.Errorf("tunnel: TUN write of %d pieces", len(pieces))
+	}
+	t.niov = 0
+	for _, b := range pieces {
+		if len(b) == 0 {
+			continue
+		}
+		t.iovs[t.niov].Base = &b[0]
+		t.iovs[t.niov].SetLen(len(b))
+		t.niov++
+	}
+	t.werr = 0
+	err := t.raw.Write(t.writeFn)
+	clear(t.iovs[:t.niov]) // do not pin the caller's buffers
+	if err != nil {
+		return fmt.Errorf("tunnel: TUN write: %w (%w)", os.ErrClosed, err)
+	}
+	switch t.werr {
+	case 0:
+		return nil
+	case unix.EBADFD:
+		return os.ErrClosed
+	}
+	return os.NewSyscallError("writev", t.werr)
+}
+
+func (t *offloadTUN) writeOnce(fd uintptr) bool {
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.iovs[0])), uintptr(t.niov))
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		t.werr = errno
+		return true
+	}
+}
+
+// readVnet reads one packet with its virtio-net header into buf, which
+// should hold vnetHdrLen+65535 bytes. With wait it parks in the runtime
+// poller until a packet comes; without, it returns 0 if none is queued. It
+// is for the out pump only, which then does not use Read.
+func (t *offloadTUN) readVnet(buf []byte, wait bool) (int, error) {
+	if t.raw == nil {
+		return 0, errNoOffload
+	}
+	t.rbuf, t.rn, t.rerr, t.rwait = buf, 0, 0, wait
+	err := t.raw.Read(t.readFn)
+	t.rbuf = nil
+	if err != nil {
+		// The raw connection fails only once the file is closed.
+		return 0, fmt.Errorf("tunnel: TUN read: %w (%w)", os.ErrClosed, err)
+	}
+	if t.rerr != 0 {
+		if t.rerr == unix.EBADFD {
+			return 0, os.ErrClosed
+		}
+		return 0, os.NewSyscallError("read", t.rerr)
+	}
+	return t.rn, nil
+}
+
+func (t *offloadTUN) readOnce(fd uintptr) bool {
+	for {
+		n, _, errno := unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&t.rbuf[0])), uintptr(len(t.rbuf)))
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return !t.rwait // without wait, report "nothing queued"
+		}
+		t.rn, t.rerr = int(n), errno
+		return true
+	}
 }
 
 func (t *offloadTUN) poll(fd uintptr) {

@@ -30,6 +30,22 @@ type inPump struct {
 
 	readErrs, writeErrs errorLog
 	closed              bool // the device was closed during segment
+
+	// Scatter-gather coalescing (gro.go), with a device that takes
+	// packets behind a virtio-net header: vw is the device, gro the
+	// packets being coalesced, hdr the scratch for its headers.
+	vw     vnetWriter
+	uso    bool
+	gro    groRun
+	hdr    []byte
+	single [2][]byte
+}
+
+// vnetWriter is a device that writes one packet, behind its virtio-net
+// header, from pieces (the Linux offload TUN).
+type vnetWriter interface {
+	writeVnet(pieces [][]byte) error
+	udpGSO() bool
 }
 
 // writeBufCap is the capacity of a write buffer: headroom plus the largest
@@ -58,6 +74,12 @@ func newInPump(t *Tunnel) *inPump {
 		p.msgs[i].Buf = slab[i*size : (i+1)*size : (i+1)*size]
 	}
 	p.wq = make([][]byte, 0, t.batch)
+	if vw, ok := t.dev.(vnetWriter); ok && !t.naive {
+		p.vw, p.uso, p.copy = vw, vw.udpGSO(), false
+		p.hdr = make([]byte, vnetHdrLen+segHdrMax)
+		p.gro.pieces = make([][]byte, 0, groMaxSegsTCP+1)
+		return p
+	}
 	if p.copy {
 		p.wbufs = make([][]byte, t.batch)
 		for i := range p.wbufs {
@@ -83,7 +105,14 @@ func (p *inPump) run() {
 			continue
 		}
 		consecutive = 0
-		if n > 0 && !p.process(n) {
+		if n == 0 {
+			continue
+		}
+		if p.vw != nil {
+			if !p.processSG(n) {
+				return
+			}
+		} else if !p.process(n) {
 			return
 		}
 	}
@@ -145,6 +174,114 @@ func (p *inPump) process(n int) bool {
 	p.settle()
 	t.in.batches.Add(1)
 	return p.flush()
+}
+
+// processSG handles n received slots in scatter-gather mode: runs of
+// packets are coalesced and each run written with one writev, straight
+// from the receive buffers. It returns false once the device is closed.
+func (p *inPump) processSG(n int) bool {
+	t := p.t
+	snap := t.table.Load()
+	p.now = time.Now().UnixNano()
+	for i := range n {
+		m := &p.msgs[i]
+		if m.Truncated {
+			t.in.drops[DropTruncated].Add(1)
+			continue
+		}
+		data := m.Buf[:m.N]
+		seg := m.Segment
+		if seg <= 0 {
+			seg = len(data)
+		}
+		for off := 0; off < len(data); off += seg {
+			frame := data[off:min(off+seg, len(data))]
+			pkt, err := encap.Decap(frame, t.vni, t.mac)
+			if err != nil {
+				t.in.drops[decapReason(err)].Add(1)
+				continue
+			}
+			p.account(snap, pkt)
+			if len(pkt) > t.mtu {
+				// A TCP super-packet from a kernel VTEP on this host
+				// (tso.go): segmented into write buffers, written in
+				// order after the run.
+				if !p.writeRun() {
+					return false
+				}
+				if !p.segment(pkt) {
+					t.in.drops[DropTooBig].Add(1)
+				} else if p.closed || !p.flush() {
+					return false
+				}
+				continue
+			}
+			partial := finishPartialChecksum(pkt)
+			if partial {
+				t.in.partial.Add(1)
+			}
+			g := parseGRO(pkt, partial)
+			if g.ok && g.proto == protoUDP && !p.uso {
+				g.ok = false
+			}
+			if g.ok && p.gro.add(pkt, g) {
+				continue
+			}
+			if !p.writeRun() {
+				return false
+			}
+			if g.ok {
+				p.gro.start(pkt, g)
+				continue
+			}
+			if !p.writeSingle(pkt) {
+				return false
+			}
+		}
+	}
+	p.settle()
+	t.in.batches.Add(1)
+	return p.writeRun()
+}
+
+// writeRun writes the run being coalesced, if any; it returns false once
+// the device is closed.
+func (p *inPump) writeRun() bool {
+	r := &p.gro
+	if r.n == 0 {
+		return true
+	}
+	r.header(p.hdr)
+	n, bytes := r.n, r.bytes
+	err := p.vw.writeVnet(r.pieces)
+	r.reset()
+	return p.wrote(n, bytes, err)
+}
+
+// writeSingle writes pkt behind a GSO_NONE header.
+func (p *inPump) writeSingle(pkt []byte) bool {
+	vnetHdr{}.put(p.hdr)
+	p.single[0], p.single[1] = p.hdr[:vnetHdrLen], pkt
+	err := p.vw.writeVnet(p.single[:])
+	p.single[1] = nil
+	return p.wrote(1, len(pkt), err)
+}
+
+// wrote counts the outcome of writing n packets; it returns false if the
+// device is closed.
+func (p *inPump) wrote(n, bytes int, err error) bool {
+	t := p.t
+	if err != nil {
+		if isClosedErr(err) {
+			return false
+		}
+		t.in.drops[DropWrite].Add(uint64(n))
+		p.writeErrs.report(err)
+		return true
+	}
+	t.in.packets.Add(uint64(n))
+	t.in.bytes.Add(uint64(bytes))
+	return true
 }
 
 // account attributes pkt to the peer owning its inner source address.

@@ -26,6 +26,16 @@ type outPump struct {
 	icmp     icmpWriter
 	readErrs errorLog
 	sendErrs errorLog
+
+	// Scatter-gather mode (gso.go), with a device that reads packets
+	// with their virtio-net headers: vr is the device, slab holds the
+	// packets of one batch back to back (bufs[i] points into it), vh[i]
+	// is packet i's header, and hdrs holds the segment headers of the
+	// batch's super-packet, the last packet of a batch.
+	vr   vnetReader
+	slab []byte
+	vh   []vnetHdr
+	hdrs []byte
 }
 
 type outGroup struct {
@@ -33,7 +43,21 @@ type outGroup struct {
 	flow  uint32
 	n     int // packets
 	bytes int // inner bytes
+	msgs  int // messages: 1, or a super-packet's sends
 }
+
+// vnetReader is a device that reads one packet at a time with its
+// virtio-net header (the Linux offload TUN).
+type vnetReader interface {
+	readVnet(buf []byte, wait bool) (int, error)
+}
+
+// sgSlot is the room one scatter-gather read needs in the slab: headroom
+// and the largest packet; the virtio-net header lies in the headroom.
+const sgSlot = encap.Headroom + 65535
+
+// segHdrStride is the spacing of segment headers in outPump.hdrs.
+const segHdrStride = (segHdrMax + 7) &^ 7
 
 func newOutPump(t *Tunnel) *outPump {
 	// A read yields packets no longer than the device MTU; keep room for
@@ -61,6 +85,15 @@ func newOutPump(t *Tunnel) *outPump {
 		readErrs: errorLog{log: t.log, msg: "TUN read failed"},
 		sendErrs: errorLog{log: t.log, msg: "UDP send failed"},
 	}
+	if vr, ok := t.dev.(vnetReader); ok && !t.naive {
+		p.vr = vr
+		p.slab = make([]byte, 3*sgSlot)
+		p.vh = make([]vnetHdr, nbufs)
+		p.hdrs = make([]byte, maxSuperSegs*segHdrStride)
+		p.frames = make([][]byte, nbufs+2*maxSuperSegs)
+		p.msgs = make([]WriteMessage, 0, nbufs+maxSuperSegs)
+		return p
+	}
 	stride := encap.Headroom + pktMax
 	slab := make([]byte, stride*nbufs)
 	for i := range p.bufs {
@@ -69,11 +102,52 @@ func newOutPump(t *Tunnel) *outPump {
 	return p
 }
 
+// readSG reads a batch in scatter-gather mode: it blocks for the first
+// packet, then drains what the device holds while the slab has room, up to
+// and including the first GSO super-packet.
+func (p *outPump) readSG() (int, error) {
+	off, n := 0, 0
+	for n < len(p.bufs) && len(p.slab)-off >= sgSlot {
+		buf := p.slab[off+encap.Headroom-vnetHdrLen : off+sgSlot]
+		k, err := p.vr.readVnet(buf, n == 0)
+		if err != nil {
+			if n > 0 {
+				break // the error will come back on the next read
+			}
+			return 0, err
+		}
+		if k == 0 {
+			break
+		}
+		if k <= vnetHdrLen {
+			p.t.out.drops[DropMalformed].Add(1)
+			continue
+		}
+		p.vh[n] = parseVnetHdr(buf)
+		size := k - vnetHdrLen
+		end := off + encap.Headroom + size
+		p.bufs[n] = p.slab[off:end:end]
+		p.sizes[n] = size
+		n++
+		off = (end + 7) &^ 7
+		if p.vh[n-1].gsoType != vnetGSONone {
+			break
+		}
+	}
+	return n, nil
+}
+
 func (p *outPump) run() {
 	t := p.t
 	consecutive := 0
 	for {
-		n, err := t.dev.Read(p.bufs, p.sizes, encap.Headroom)
+		var n int
+		var err error
+		if p.vr != nil {
+			n, err = p.readSG()
+		} else {
+			n, err = t.dev.Read(p.bufs, p.sizes, encap.Headroom)
+		}
 		if err != nil {
 			if isClosedErr(err) || t.stopping() {
 				return
@@ -97,11 +171,23 @@ func (p *outPump) process(n int) {
 	snap := t.table.Load()
 	p.groups = p.groups[:0]
 	last := -1
+	super := -1 // the batch's GSO super-packet, in scatter-gather mode
 	for i := range n {
 		p.group[i] = -1
 		size := p.sizes[i]
 		pkt := p.bufs[i][encap.Headroom : encap.Headroom+size]
-		r, reason := p.classify(snap, pkt)
+		if p.vr != nil {
+			h := p.vh[i]
+			if h.gsoType != vnetGSONone {
+				super = i
+				continue
+			}
+			if h.flags&vnetFlagNeedsCsum != 0 && !completeChecksum(pkt, int(h.csumStart), int(h.csumOffset)) {
+				t.out.drops[DropMalformed].Add(1)
+				continue
+			}
+		}
+		r, reason := p.classify(snap, pkt, true)
 		if reason != dropNone {
 			t.out.drops[reason].Add(1)
 			continue
@@ -132,21 +218,14 @@ func (p *outPump) process(n int) {
 		p.group[i] = g
 		p.groups[g].n++
 		p.groups[g].bytes += size
-	}
-	if len(p.groups) == 0 {
-		t.out.batches.Add(1)
-		return
+		p.groups[g].msgs = 1
 	}
 	// Lay the frames out group by group, in packet order within a group.
 	p.msgs = p.msgs[:len(p.groups)]
 	off := 0
 	for g := range p.groups {
 		gr := &p.groups[g]
-		ep := gr.route.Peer.Endpoint
-		if ep.Port() == 0 {
-			ep = netip.AddrPortFrom(ep.Addr(), t.port)
-		}
-		p.msgs[g] = WriteMessage{Frames: p.frames[off : off : off+gr.n], Addr: ep, Flow: gr.flow}
+		p.msgs[g] = WriteMessage{Frames: p.frames[off : off : off+gr.n], Addr: p.endpoint(gr.route), Flow: gr.flow}
 		off += gr.n
 	}
 	for i := range n {
@@ -154,14 +233,28 @@ func (p *outPump) process(n int) {
 			p.msgs[g].Frames = append(p.msgs[g].Frames, p.bufs[i][:encap.Headroom+p.sizes[i]])
 		}
 	}
+	if super >= 0 {
+		// Last in the batch, so its messages follow every earlier packet
+		// of its flow.
+		p.layoutSuper(snap, super, off)
+	}
+	if len(p.groups) == 0 {
+		t.out.batches.Add(1)
+		return
+	}
 	if err := t.conn.WriteBatch(p.msgs); err != nil && !isClosedErr(err) {
 		p.sendErrs.report(err)
 	}
 	now := time.Now().UnixNano()
 	var sentPkts, sentBytes uint64
+	m := 0
 	for g := range p.groups {
 		gr := &p.groups[g]
-		sent := p.msgs[g].Sent
+		sent := 0
+		for _, msg := range p.msgs[m : m+gr.msgs] {
+			sent += msg.Sent
+		}
+		m += gr.msgs
 		if lost := gr.n - sent; lost > 0 {
 			t.out.drops[DropSend].Add(uint64(lost))
 		}
@@ -179,6 +272,8 @@ func (p *outPump) process(n int) {
 	}
 	for g := range p.msgs {
 		p.msgs[g].Frames = nil // do not pin buffers through stale messages
+	}
+	for g := range p.groups {
 		p.groups[g].route = nil
 	}
 	t.out.packets.Add(sentPkts)
@@ -189,9 +284,67 @@ func (p *outPump) process(n int) {
 // dropNone is classify's "no drop".
 const dropNone = numDropReasons
 
-// classify finds the route for pkt, or the reason to drop it. An oversized
-// packet is answered with ICMP here.
-func (p *outPump) classify(snap *routes.Snapshot, pkt []byte) (*routes.Route, DropReason) {
+// endpoint is a route's peer address, with the default port if it has
+// none.
+func (p *outPump) endpoint(r *routes.Route) netip.AddrPort {
+	ep := r.Peer.Endpoint
+	if ep.Port() == 0 {
+		ep = netip.AddrPortFrom(ep.Addr(), p.t.port)
+	}
+	return ep
+}
+
+// layoutSuper adds the messages of the super-packet bufs[i] (a GSO packet
+// in scatter-gather mode) to p.msgs, as one group; its frames start at
+// p.frames[off]. Each message is one UDP_SEGMENT send whose pieces
+// alternate between a segment's headers (built in p.hdrs) and the
+// segment's payload where it lies in the read buffer.
+func (p *outPump) layoutSuper(snap *routes.Snapshot, i, off int) {
+	t := p.t
+	size := p.sizes[i]
+	pkt := p.bufs[i][encap.Headroom : encap.Headroom+size]
+	g, ok := parseGSO(pkt, p.vh[i])
+	if !ok {
+		t.out.drops[DropMalformed].Add(1)
+		return
+	}
+	r, reason := p.classify(snap, pkt, false)
+	if reason == dropNone && g.hdrLen+g.mss > t.mtu {
+		p.icmp.tooBig(snap, pkt)
+		reason = DropTooBig
+	}
+	if reason != dropNone {
+		t.out.drops[reason].Add(uint64(g.n))
+		return
+	}
+	seg := encap.Headroom + g.hdrLen + g.mss // a full segment's frame
+	perMsg := max(1, min(maxGSOSegments, maxGSOBytes/seg))
+	gr := outGroup{route: r, flow: encap.FlowHash(pkt), n: g.n, bytes: size + (g.n-1)*g.hdrLen}
+	ep := p.endpoint(r)
+	for s := 0; s < g.n; s += perMsg {
+		k := min(perMsg, g.n-s)
+		msg := WriteMessage{Frames: p.frames[off : off : off+2*k], Addr: ep, Flow: gr.flow, Segment: seg}
+		for j := s; j < s+k; j++ {
+			h := p.hdrs[j*segHdrStride : j*segHdrStride+encap.Headroom+g.hdrLen]
+			chunk := g.header(h[encap.Headroom:], j)
+			// Encap can fail only on the IP version, so only for the
+			// first header, before anything is queued.
+			if err := encap.Encap(h, t.vni, r.Peer.MAC, t.mac); err != nil {
+				t.out.drops[DropMalformed].Add(uint64(g.n))
+				return
+			}
+			msg.Frames = append(msg.Frames, h, chunk)
+		}
+		off += 2 * k
+		p.msgs = append(p.msgs, msg)
+		gr.msgs++
+	}
+	p.groups = append(p.groups, gr)
+}
+
+// classify finds the route for pkt, or the reason to drop it. With
+// checkMTU, an oversized packet is answered with ICMP here.
+func (p *outPump) classify(snap *routes.Snapshot, pkt []byte, checkMTU bool) (*routes.Route, DropReason) {
 	if len(pkt) == 0 {
 		return nil, DropMalformed
 	}
@@ -215,7 +368,7 @@ func (p *outPump) classify(snap *routes.Snapshot, pkt []byte) (*routes.Route, Dr
 		return nil, DropNoRoute
 	case r.Local:
 		return nil, DropLoop
-	case len(pkt) > p.t.mtu:
+	case checkMTU && len(pkt) > p.t.mtu:
 		p.icmp.tooBig(snap, pkt)
 		return nil, DropTooBig
 	}

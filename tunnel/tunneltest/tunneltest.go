@@ -315,16 +315,30 @@ func (c *Conn) WriteBatch(msgs []tunnel.WriteMessage) error {
 	for i := range msgs {
 		m := &msgs[i]
 		m.Sent = 0
+		frames := m.Frames
+		if m.Segment > 0 {
+			// Scatter-gather: cut the concatenated pieces into datagrams.
+			var all []byte
+			for _, f := range m.Frames {
+				all = append(all, f...)
+			}
+			frames = nil
+			for len(all) > 0 {
+				n := min(m.Segment, len(all))
+				frames = append(frames, all[:n:n])
+				all = all[n:]
+			}
+		}
 		if c.opts.GSO {
 			c.sends.Add(1)
 		} else {
-			c.sends.Add(uint64(len(m.Frames)))
+			c.sends.Add(uint64(len(frames)))
 		}
 		var dst *Conn
 		if !c.opts.Discard {
 			dst = c.net.lookup(m.Addr)
 		}
-		for _, f := range m.Frames {
+		for _, f := range frames {
 			c.frames.Add(1)
 			m.Sent++
 			if c.opts.Discard {
