@@ -67,22 +67,33 @@ func (e SubnetEnv) Marshal() []byte {
 	return b.Bytes()
 }
 
-// WriteSubnetEnv writes env to path atomically: a temporary file in the same
-// directory, fsynced, renamed over path, mode 0644. Readers (the CNI plugin,
-// mk-docker-opts) never see a partial file. Missing directories are created.
+// WriteSubnetEnv writes env to path atomically with WriteFileAtomic, mode
+// 0644. Readers (the CNI plugin, mk-docker-opts) never see a partial file.
 func WriteSubnetEnv(path string, env SubnetEnv) error {
+	if err := WriteFileAtomic(path, env.Marshal(), 0o644); err != nil {
+		return fmt.Errorf("write subnet.env: %w", err)
+	}
+	return nil
+}
+
+// WriteFileAtomic writes data to path through a temporary file in the same
+// directory, fsynced and renamed over path, so a reader sees the old file or
+// the new one, never part of one. Missing directories are created. It is
+// how the agent's environment files (subnet.env, mk-docker-opts' output)
+// are written.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("write subnet.env: %w", err)
+		return err
 	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
 	if err != nil {
-		return fmt.Errorf("write subnet.env: %w", err)
+		return err
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after the rename
-	if _, err = f.Write(env.Marshal()); err == nil {
-		err = f.Chmod(0o644)
+	if _, err = f.Write(data); err == nil {
+		err = f.Chmod(perm)
 	}
 	if err == nil {
 		err = f.Sync()
@@ -94,7 +105,7 @@ func WriteSubnetEnv(path string, env SubnetEnv) error {
 		err = os.Rename(tmp, path)
 	}
 	if err != nil {
-		return fmt.Errorf("write subnet.env %s: %w", path, err)
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
 }

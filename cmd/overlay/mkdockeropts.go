@@ -5,10 +5,11 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"overlay/lease"
 )
 
 // mkDockerOptsCommand replaces flannel's mk-docker-opts.sh with the same
@@ -53,7 +54,7 @@ func mkDockerOptsCommand() *cli.Command {
 				noMasq:     c.Bool("m"),
 				existing:   os.Getenv(key),
 			})
-			return writeFileAtomic(c.String("d"), out, 0o644)
+			return lease.WriteFileAtomic(c.String("d"), out, 0o644)
 		},
 	}
 }
@@ -144,36 +145,4 @@ func validEnvName(s string) bool {
 		}
 	}
 	return true
-}
-
-// writeFileAtomic writes data to a temporary file beside path and renames
-// it into place, so a reader never sees a partial file.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
