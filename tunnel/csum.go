@@ -90,41 +90,41 @@ func fold(sum uint64) uint16 {
 	return uint16(sum)
 }
 
-// checksumFast adds b to the one's complement sum initial, eight bytes at a
-// time with end-around carry; fold gives the 16-bit sum.
+// checksumFast adds b to the one's complement sum initial; fold gives the
+// 16-bit sum.
+//
+// It sums little-endian words, which needs no byte swaps (RFC 1071: the
+// sum is byte-order independent up to a final swap), 32 bytes a step into
+// four independent accumulators, each 64-bit word split in 32-bit halves so
+// no carry is ever lost: an accumulator gains less than 2^33 a step, so it
+// cannot overflow below 2^31 steps (64 GiB).
 func checksumFast(initial uint64, b []byte) uint64 {
-	sum := initial
-	var carry uint64
+	var s0, s1, s2, s3 uint64
 	for len(b) >= 32 {
-		sum, carry = bits.Add64(sum, binary.BigEndian.Uint64(b[0:]), 0)
-		sum, carry = bits.Add64(sum, binary.BigEndian.Uint64(b[8:]), carry)
-		sum, carry = bits.Add64(sum, binary.BigEndian.Uint64(b[16:]), carry)
-		sum, carry = bits.Add64(sum, binary.BigEndian.Uint64(b[24:]), carry)
-		sum = endAround(sum, carry)
+		w0 := binary.LittleEndian.Uint64(b[0:])
+		w1 := binary.LittleEndian.Uint64(b[8:])
+		w2 := binary.LittleEndian.Uint64(b[16:])
+		w3 := binary.LittleEndian.Uint64(b[24:])
+		s0 += w0&0xffffffff + w0>>32
+		s1 += w1&0xffffffff + w1>>32
+		s2 += w2&0xffffffff + w2>>32
+		s3 += w3&0xffffffff + w3>>32
 		b = b[32:]
 	}
-	for len(b) >= 8 {
-		sum, carry = bits.Add64(sum, binary.BigEndian.Uint64(b), 0)
-		sum = endAround(sum, carry)
-		b = b[8:]
+	sum := uint64(fold32(s0)) + uint64(fold32(s1)) + uint64(fold32(s2)) + uint64(fold32(s3))
+	for len(b) >= 4 {
+		sum += uint64(binary.LittleEndian.Uint32(b))
+		b = b[4:]
 	}
-	// Fold to 32 bits before adding the tail, so nothing overflows.
 	sum = uint64(fold32(sum))
 	for len(b) >= 2 {
-		sum += uint64(binary.BigEndian.Uint16(b))
+		sum += uint64(binary.LittleEndian.Uint16(b))
 		b = b[2:]
 	}
 	if len(b) == 1 {
-		sum += uint64(b[0]) << 8
+		sum += uint64(b[0]) // the high byte of a big-endian word
 	}
-	return sum
-}
-
-// endAround adds a carry back in (one's complement arithmetic); a second
-// carry out of that is impossible.
-func endAround(sum, carry uint64) uint64 {
-	sum, carry = bits.Add64(sum, carry, 0)
-	return sum + carry
+	return initial + uint64(bits.ReverseBytes16(fold(sum)))
 }
 
 func fold32(sum uint64) uint32 {
