@@ -239,6 +239,11 @@ func getMTU(name string) (int, error) {
 // completes partial checksums), Write coalesces TCP and UDP segments of one
 // flow back into super-packets.
 //
+// The pumps bypass Read and Write: readVnet and writeVnet move one packet
+// with its virtio-net header per system call, for the scatter-gather paths
+// (gso.go, gro.go). Read and Write remain for other callers (and the ICMP
+// answers).
+//
 // Read drains the device: after the blocking read that wakes it, it keeps
 // reading while the kernel's queue holds packets and a whole super-packet
 // still fits in bufs. Small packets (UDP, ACKs) come one per read(2), and

@@ -12,27 +12,43 @@
 //
 // # Design notes
 //
-// Offloads. The offload TUN (golang.zx2c4.com/wireguard/tun over a device
-// opened with IFF_VNET_HDR and TUNSETOFFLOAD) lets the kernel hand us TCP
-// super-packets of up to 64 KiB, which the driver splits into MSS-sized
-// segments in one read, and lets us hand the kernel coalesced super-packets
-// back. The UDP side mirrors it: UDP_SEGMENT sends a run of equal-size VXLAN
-// frames to one peer as a single system call (the iovec list points at the
-// frames where they lie, no copy), and UDP_GRO receives a run of datagrams
-// from one sender in a single 64 KiB buffer. So a bulk TCP transfer costs a
-// handful of system calls per 64 KiB each way, where a naive loop pays two
-// per 1.4 KiB packet. Where the kernel lacks an offload each side falls back
-// on its own: plain TUN (water), sendmmsg without segmentation (and GSO is
-// switched off for good if a segmented send fails with EIO), recvmmsg
-// without coalescing. Stats and the start-up log say which are active.
+// Offloads. The offload TUN (a device opened with IFF_VNET_HDR and
+// TUNSETOFFLOAD, wrapped by golang.zx2c4.com/wireguard/tun) lets the kernel
+// hand us TCP (and UDP) super-packets of up to 64 KiB, and take coalesced
+// super-packets back. The UDP side mirrors it: UDP_SEGMENT sends a run of
+// VXLAN frames to one peer as a single system call, and UDP_GRO receives a
+// run of datagrams from one sender in a single 64 KiB buffer. So a bulk TCP
+// transfer costs a handful of system calls per 64 KiB each way, where a
+// naive loop pays two per 1.4 KiB packet. Where the kernel lacks an offload
+// each side falls back on its own: plain TUN (water), sendmmsg without
+// segmentation (and GSO is switched off for good if a segmented send fails
+// with EIO), recvmmsg without coalescing. Stats and the start-up log say
+// which are active.
+//
+// Scatter-gather. With the Linux offload TUN neither direction copies a
+// payload in userspace. Out (gso.go): the out pump reads each packet with
+// its virtio-net header straight into a slab; a GSO super-packet is not
+// split into buffers but sent as one UDP_SEGMENT message whose iovec list
+// alternates a small per-segment header block (VXLAN, Ethernet, IP and
+// TCP/UDP headers with that segment's lengths, IPv4 ID, sequence number,
+// flags and checksums, as TSO would write them) with the segment's payload
+// where it lies; the kernel cuts the concatenation every gso_size bytes
+// (WriteMessage.Segment). Packets without GSO are encapsulated in place;
+// a checksum the kernel left partial (NEEDS_CSUM) is completed. In (gro.go):
+// consecutive TCP segments (or equal-size UDP datagrams) of one flow in the
+// receive buffers are written to the TUN as one GSO super-packet with one
+// writev, whose iovec list is the virtio-net header and the first
+// packet's rewritten headers followed by every packet's payload in the
+// receive buffer; everything else goes alone behind a GSO_NONE header.
+// Each payload is read once, for its checksum: computed on the way out,
+// verified on the way in (the kernel trusts a NEEDS_CSUM super-packet, so
+// a corrupt segment must never join one). Other devices (plain, fakes) use
+// Device.Read and Device.Write.
 //
 // Headroom. The out pump reads every packet at offset encap.Headroom, so the
 // VXLAN and inner Ethernet headers are written in place in front of it;
 // outer IP and UDP headers are the kernel's. The in pump validates each
-// frame with encap.Decap and, for an offloading TUN, copies the inner packet
-// into a write buffer of its own: the TUN's Write coalesces by appending to
-// the first packet of a flow, so it must own buffers with spare capacity.
-// One memcpy of a packet is cheap next to the system calls it saves.
+// frame with encap.Decap and writes the inner packet from where it lies.
 //
 // Source ports. One socket on port 8472 receives; the flow hash picks one of
 // a few sending sockets on ephemeral ports, so each inner flow keeps one
