@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urfave/cli/v2"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"overlay/lease/leasetest"
@@ -136,6 +137,18 @@ func TestEtcdCommand(t *testing.T) {
 	done := make(chan error, 1)
 	app := newApp()
 	app.Writer, app.ErrWriter = &bytes.Buffer{}, &bytes.Buffer{}
+	// urfave/cli writes package-level flags (help, version) while it parses,
+	// so the other commands may only run once etcd's action has started.
+	started := make(chan struct{})
+	for _, c := range app.Commands {
+		if c.Name == "etcd" {
+			action := c.Action
+			c.Action = func(cc *cli.Context) error {
+				close(started)
+				return action(cc)
+			}
+		}
+	}
 	go func() {
 		done <- app.RunContext(ctx, []string{"overlay", "etcd", "--data-dir", filepath.Join(t.TempDir(), "etcd"),
 			"--listen-client-urls", url, "--advertise-client-urls", url, "--listen-peer-urls", peer, "--log-level", "error"})
@@ -151,6 +164,12 @@ func TestEtcdCommand(t *testing.T) {
 			t.Error("overlay etcd did not stop within 30 s of cancel")
 		}
 	}()
+	select {
+	case <-started:
+	case err := <-done:
+		done <- err // for the deferred check
+		t.Fatalf("overlay etcd exited before starting: %v", err)
+	}
 	// Usable by the other commands once up.
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -259,9 +259,10 @@ func (k *kernelNode) start() {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	k.cancel, k.done = cancel, make(chan struct{})
+	done := make(chan struct{})
+	k.cancel, k.done = cancel, done
 	go func() {
-		defer close(k.done)
+		defer close(done)
 		k.run(ctx)
 	}()
 }
