@@ -39,6 +39,9 @@ type inPump struct {
 	gro    groRun
 	hdr    []byte
 	single [2][]byte
+
+	// p.queue and p.coalesce, bound once so a batch does not allocate.
+	queueFn, coalesceFn func(frame, pkt []byte) bool
 }
 
 // vnetWriter is a device that writes one packet, behind its virtio-net
@@ -59,6 +62,7 @@ func newInPump(t *Tunnel) *inPump {
 		readErrs:  errorLog{log: t.log, msg: "UDP receive failed"},
 		writeErrs: errorLog{log: t.log, msg: "TUN write failed"},
 	}
+	p.queueFn, p.coalesceFn = p.queue, p.coalesce
 	slots, size := t.batch, encap.Headroom+t.mtu+256
 	switch {
 	case t.conn.GRO():
@@ -118,9 +122,11 @@ func (p *inPump) run() {
 	}
 }
 
-// process handles n received slots; it returns false once the device is
-// closed.
-func (p *inPump) process(n int) bool {
+// decapAll decapsulates every frame in the n received slots (a GRO slot
+// holds several), counts the rejects and the peers' receive counters, and
+// hands each inner packet with the frame it lies in to handle. It stops
+// and returns false as soon as handle does (the device was closed).
+func (p *inPump) decapAll(n int, handle func(frame, pkt []byte) bool) bool {
 	t := p.t
 	snap := t.table.Load()
 	p.now = time.Now().UnixNano()
@@ -143,105 +149,93 @@ func (p *inPump) process(n int) bool {
 				continue
 			}
 			p.account(snap, pkt)
-			if len(pkt) > t.mtu {
-				// A TCP super-packet from a kernel VTEP on this host (tso.go).
-				if !p.segment(pkt) {
-					t.in.drops[DropTooBig].Add(1)
-				} else if p.closed {
-					return false
-				}
-				continue
-			}
-			if finishPartialChecksum(pkt) {
-				t.in.partial.Add(1)
-			}
-			if p.copy {
-				w := p.wbufs[len(p.wq)][:encap.Headroom+len(pkt)]
-				copy(w[encap.Headroom:], pkt)
-				p.wq = append(p.wq, w)
-			} else {
-				// frame[:Headroom] is the VXLAN header, free to lose; the
-				// capacity is clipped so nothing can write past the frame.
-				end := encap.Headroom + len(pkt)
-				p.wq = append(p.wq, frame[:end:end])
-			}
-			p.wqLen += len(pkt)
-			if len(p.wq) == cap(p.wq) && !p.flush() {
+			if !handle(frame, pkt) {
 				return false
 			}
 		}
 	}
 	p.settle()
 	t.in.batches.Add(1)
-	return p.flush()
+	return true
+}
+
+// process handles n received slots, queueing the packets for the device's
+// batched Write; it returns false once the device is closed.
+func (p *inPump) process(n int) bool {
+	return p.decapAll(n, p.queueFn) && p.flush()
+}
+
+// queue queues one inner packet for flush.
+func (p *inPump) queue(frame, pkt []byte) bool {
+	t := p.t
+	if len(pkt) > t.mtu {
+		// A TCP super-packet from a kernel VTEP on this host (tso.go).
+		if !p.segment(pkt) {
+			t.in.drops[DropTooBig].Add(1)
+		} else if p.closed {
+			return false
+		}
+		return true
+	}
+	if finishPartialChecksum(pkt) {
+		t.in.partial.Add(1)
+	}
+	if p.copy {
+		w := p.wbufs[len(p.wq)][:encap.Headroom+len(pkt)]
+		copy(w[encap.Headroom:], pkt)
+		p.wq = append(p.wq, w)
+	} else {
+		// frame[:Headroom] is the VXLAN header, free to lose; the
+		// capacity is clipped so nothing can write past the frame.
+		end := encap.Headroom + len(pkt)
+		p.wq = append(p.wq, frame[:end:end])
+	}
+	p.wqLen += len(pkt)
+	return len(p.wq) < cap(p.wq) || p.flush()
 }
 
 // processSG handles n received slots in scatter-gather mode: runs of
 // packets are coalesced and each run written with one writev, straight
 // from the receive buffers. It returns false once the device is closed.
 func (p *inPump) processSG(n int) bool {
+	return p.decapAll(n, p.coalesceFn) && p.writeRun()
+}
+
+// coalesce adds one inner packet to the run being coalesced, or writes
+// the run and starts another, or writes the packet alone.
+func (p *inPump) coalesce(_, pkt []byte) bool {
 	t := p.t
-	snap := t.table.Load()
-	p.now = time.Now().UnixNano()
-	for i := range n {
-		m := &p.msgs[i]
-		if m.Truncated {
-			t.in.drops[DropTruncated].Add(1)
-			continue
+	if len(pkt) > t.mtu {
+		// A TCP super-packet from a kernel VTEP on this host (tso.go):
+		// segmented into write buffers, written in order after the run.
+		if !p.writeRun() {
+			return false
 		}
-		data := m.Buf[:m.N]
-		seg := m.Segment
-		if seg <= 0 {
-			seg = len(data)
+		if !p.segment(pkt) {
+			t.in.drops[DropTooBig].Add(1)
+			return true
 		}
-		for off := 0; off < len(data); off += seg {
-			frame := data[off:min(off+seg, len(data))]
-			pkt, err := encap.Decap(frame, t.vni, t.mac)
-			if err != nil {
-				t.in.drops[decapReason(err)].Add(1)
-				continue
-			}
-			p.account(snap, pkt)
-			if len(pkt) > t.mtu {
-				// A TCP super-packet from a kernel VTEP on this host
-				// (tso.go): segmented into write buffers, written in
-				// order after the run.
-				if !p.writeRun() {
-					return false
-				}
-				if !p.segment(pkt) {
-					t.in.drops[DropTooBig].Add(1)
-				} else if p.closed || !p.flush() {
-					return false
-				}
-				continue
-			}
-			partial := finishPartialChecksum(pkt)
-			if partial {
-				t.in.partial.Add(1)
-			}
-			g := parseGRO(pkt, partial)
-			if g.ok && g.proto == protoUDP && !p.uso {
-				g.ok = false
-			}
-			if g.ok && p.gro.add(pkt, g) {
-				continue
-			}
-			if !p.writeRun() {
-				return false
-			}
-			if g.ok {
-				p.gro.start(pkt, g)
-				continue
-			}
-			if !p.writeSingle(pkt) {
-				return false
-			}
-		}
+		return !p.closed && p.flush()
 	}
-	p.settle()
-	t.in.batches.Add(1)
-	return p.writeRun()
+	partial := finishPartialChecksum(pkt)
+	if partial {
+		t.in.partial.Add(1)
+	}
+	g := parseGRO(pkt, partial)
+	if g.ok && g.proto == protoUDP && !p.uso {
+		g.ok = false
+	}
+	if g.ok && p.gro.add(pkt, g) {
+		return true
+	}
+	if !p.writeRun() {
+		return false
+	}
+	if g.ok {
+		p.gro.start(pkt, g)
+		return true
+	}
+	return p.writeSingle(pkt)
 }
 
 // writeRun writes the run being coalesced, if any; it returns false once
