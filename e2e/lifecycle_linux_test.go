@@ -274,16 +274,7 @@ func TestMixedCluster(t *testing.T) {
 			t.Errorf("%s peer table lacks the kernel node %v %v: %+v", a.Name, k.Subnet(), k.VtepMAC(), st.Peers)
 		}
 	}
-	for _, pair := range [][2]*cluster.Pod{{a1.Pods[0], k.Pods[0]}, {k.Pods[1], a2.Pods[1]}} {
-		tctx, tcancel := context.WithTimeout(ctx, 30*time.Second)
-		r, err := cluster.Transfer(tctx, pair[0], pair[1], 16<<20, cluster.TransferOptions{})
-		tcancel()
-		if err != nil {
-			t.Errorf("transfer %s -> %s: %v", pair[0], pair[1], err)
-			continue
-		}
-		t.Logf("transfer %s -> %s: %d bytes, %.0f Mbit/s, sha256 ok", pair[0], pair[1], r.Bytes, r.Mbps())
-	}
+	transferPairs(t, ctx, "", [2]*cluster.Pod{a1.Pods[0], k.Pods[0]}, [2]*cluster.Pod{k.Pods[1], a2.Pods[1]})
 }
 
 // TestMTU (issue #6, 6): with a 1500-byte underlay the overlay MTU is 1450:
@@ -369,16 +360,7 @@ func TestMixedClusterSameHostGSO(t *testing.T) {
 		t.Fatal(err)
 	}
 	pingAll(t, ctx, c.Pods(), 20*time.Second)
-	for _, pair := range [][2]*cluster.Pod{{a.Pods[0], k.Pods[0]}, {k.Pods[1], a.Pods[1]}} {
-		tctx, tcancel := context.WithTimeout(ctx, 30*time.Second)
-		r, err := cluster.Transfer(tctx, pair[0], pair[1], 16<<20, cluster.TransferOptions{})
-		tcancel()
-		if err != nil {
-			t.Errorf("transfer %s -> %s with GSO super-frames on the underlay: %v", pair[0], pair[1], err)
-			continue
-		}
-		t.Logf("transfer %s -> %s: %d bytes, %.0f Mbit/s, sha256 ok", pair[0], pair[1], r.Bytes, r.Mbps())
-	}
+	transferPairs(t, ctx, " with GSO super-frames on the underlay", [2]*cluster.Pod{a.Pods[0], k.Pods[0]}, [2]*cluster.Pod{k.Pods[1], a.Pods[1]})
 	if st, err := a.Status(ctx); err == nil {
 		t.Logf("%s drops: %v", a.Name, st.Drops)
 	}

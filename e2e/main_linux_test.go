@@ -244,6 +244,22 @@ func pingUntil(ctx context.Context, src *cluster.Pod, dst netip.Addr, timeout ti
 	}
 }
 
+// transferPairs sends 16 MiB from the first pod of each pair to the second
+// and checks the sha256 at the receiver; what names the situation in errors.
+func transferPairs(t *testing.T, ctx context.Context, what string, pairs ...[2]*cluster.Pod) {
+	t.Helper()
+	for _, pair := range pairs {
+		tctx, tcancel := context.WithTimeout(ctx, 30*time.Second)
+		r, err := cluster.Transfer(tctx, pair[0], pair[1], 16<<20, cluster.TransferOptions{})
+		tcancel()
+		if err != nil {
+			t.Errorf("transfer %s -> %s%s: %v", pair[0], pair[1], what, err)
+			continue
+		}
+		t.Logf("transfer %s -> %s: %d bytes, %.0f Mbit/s, sha256 ok", pair[0], pair[1], r.Bytes, r.Mbps())
+	}
+}
+
 // pingAll checks that every pod reaches every other pod (each pair polled
 // until it answers, up to timeout), a few pairs at a time.
 func pingAll(t *testing.T, ctx context.Context, pods []*cluster.Pod, timeout time.Duration) {

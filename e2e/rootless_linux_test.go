@@ -77,16 +77,7 @@ func TestRootless(t *testing.T) {
 	t.Logf("rootless agent: uids %v, TUN %s (%s), mtu %d", ids, st2.TUN, st2.TUNMode, st2.MTU)
 
 	pingAll(t, ctx, c.Pods(), 20*time.Second)
-	for _, pair := range [][2]*cluster.Pod{{root.Pods[0], rl.Pods[0]}, {rl.Pods[1], k.Pods[0]}} {
-		tctx, tcancel := context.WithTimeout(ctx, 30*time.Second)
-		r, err := cluster.Transfer(tctx, pair[0], pair[1], 16<<20, cluster.TransferOptions{})
-		tcancel()
-		if err != nil {
-			t.Errorf("transfer %s -> %s: %v", pair[0], pair[1], err)
-			continue
-		}
-		t.Logf("transfer %s -> %s: %d bytes, %.0f Mbit/s", pair[0], pair[1], r.Bytes, r.Mbps())
-	}
+	transferPairs(t, ctx, "", [2]*cluster.Pod{root.Pods[0], rl.Pods[0]}, [2]*cluster.Pod{rl.Pods[1], k.Pods[0]})
 	if err := rl.Restart(ctx); err != nil {
 		t.Fatalf("restart the rootless agent: %v", err)
 	}
