@@ -99,13 +99,9 @@ func (p *inPump) run() {
 	for {
 		n, err := t.conn.ReadBatch(p.msgs)
 		if err != nil {
-			if isClosedErr(err) || t.stopping() {
+			if t.readFailed(err, &t.in, &p.readErrs, &consecutive) {
 				return
 			}
-			t.in.errors.Add(1)
-			p.readErrs.report(err)
-			consecutive++
-			t.backoff(consecutive)
 			continue
 		}
 		consecutive = 0

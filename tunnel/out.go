@@ -149,13 +149,9 @@ func (p *outPump) run() {
 			n, err = t.dev.Read(p.bufs, p.sizes, encap.Headroom)
 		}
 		if err != nil {
-			if isClosedErr(err) || t.stopping() {
+			if t.readFailed(err, &t.out, &p.readErrs, &consecutive) {
 				return
 			}
-			t.out.errors.Add(1)
-			p.readErrs.report(err)
-			consecutive++
-			t.backoff(consecutive)
 			continue
 		}
 		consecutive = 0

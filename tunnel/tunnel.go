@@ -253,6 +253,22 @@ func (e *errorLog) report(err error) {
 	e.last, e.suppressed = now, 0
 }
 
+// readFailed handles a pump's failed read. It returns true if the pump
+// should stop (the device or socket is closed, or the tunnel is stopping);
+// otherwise it counts the error in dir, logs it through log (rate-limited),
+// and backs off once the failures run on (*consecutive, reset by the pump
+// after a good read).
+func (t *Tunnel) readFailed(err error, dir *dirCounters, log *errorLog, consecutive *int) bool {
+	if isClosedErr(err) || t.stopping() {
+		return true
+	}
+	dir.errors.Add(1)
+	log.report(err)
+	*consecutive++
+	t.backoff(*consecutive)
+	return false
+}
+
 // backoff sleeps after consecutive failures of the same call, so a
 // persistent error cannot spin a core; it returns early on shutdown.
 func (t *Tunnel) backoff(consecutive int) {
