@@ -80,12 +80,62 @@ func joinPaths(ps []PathID) string {
 	return strings.Join(s, ",")
 }
 
+// The tests, in the order every path runs them.
+const (
+	TestTCP1  = "tcp1"  // iperf3, one TCP stream
+	TestTCP4  = "tcp4"  // iperf3, four TCP streams
+	TestUDP64 = "udp64" // iperf3, 64-byte UDP datagrams at the sender's full speed
+	TestRTT   = "rtt"   // sockperf UDP ping-pong
+)
+
+// AllTests lists every test in running order.
+var AllTests = []string{TestTCP1, TestTCP4, TestUDP64, TestRTT}
+
+// ParseTests parses a comma-separated list of test names ("all" for every
+// test), keeping running order and dropping duplicates.
+func ParseTests(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "all" {
+		return slices.Clone(AllTests), nil
+	}
+	want := map[string]bool{}
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if !slices.Contains(AllTests, f) {
+			return nil, fmt.Errorf("unknown test %q (known: %s, or all)", f, strings.Join(AllTests, ","))
+		}
+		want[f] = true
+	}
+	var out []string
+	for _, t := range AllTests {
+		if want[t] {
+			out = append(out, t)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no test in %q (known: %s, or all)", s, strings.Join(AllTests, ","))
+	}
+	return out, nil
+}
+
 // Config is what one suite run measures and where it reports. The zero
 // value is not usable: OutDir is required, and OverlayBin when an agent
 // path is selected. A Config is read-only once passed to Run.
 type Config struct {
 	// Paths to measure; nil means AllPaths.
 	Paths []PathID
+	// Tests to run on every path; nil means AllTests.
+	Tests []string
+	// Probe measures, once per run, what bounds any userspace datapath on
+	// the machine: the cost of a system call and of waking a process, for
+	// a C program (sockperf) and for a Go one (see Platform).
+	Probe bool
+	// EchoCommand is the argv prefix of a Go program that serves the
+	// probe's UDP echo when given EchoArg and an address (ServeEcho). Nil
+	// means this executable.
+	EchoCommand []string
 	// Repetitions of every path; 0 means 3.
 	Repetitions int
 	// Duration of every test; 0 means 10 s.
@@ -128,6 +178,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Paths == nil {
 		c.Paths = slices.Clone(AllPaths)
 	}
+	if c.Tests == nil {
+		c.Tests = slices.Clone(AllTests)
+	}
 	if c.Quick {
 		c.Repetitions, c.Duration = 1, time.Second
 	}
@@ -146,6 +199,8 @@ func (c Config) withDefaults() (Config, error) {
 	switch {
 	case len(c.Paths) == 0:
 		return c, fmt.Errorf("%w: no paths", errConfig)
+	case len(c.Tests) == 0:
+		return c, fmt.Errorf("%w: no tests", errConfig)
 	case c.Repetitions < 1 || c.Repetitions > 100:
 		return c, fmt.Errorf("%w: repetitions %d not in 1..100", errConfig, c.Repetitions)
 	case c.Duration < time.Second || c.Duration > time.Hour:
@@ -159,6 +214,11 @@ func (c Config) withDefaults() (Config, error) {
 	case "", "auto", "offload", "plain":
 	default:
 		return c, fmt.Errorf("%w: TUN driver %q (want auto, offload or plain)", errConfig, c.TUNDriver)
+	}
+	for _, t := range c.Tests {
+		if !slices.Contains(AllTests, t) {
+			return c, fmt.Errorf("%w: unknown test %q", errConfig, t)
+		}
 	}
 	for _, p := range c.Paths {
 		if !slices.Contains(AllPaths, p) {

@@ -191,13 +191,28 @@ func TestParsePaths(t *testing.T) {
 	}
 }
 
+func TestParseTests(t *testing.T) {
+	got, err := ParseTests("rtt, tcp1,rtt")
+	if err != nil || len(got) != 2 || got[0] != TestTCP1 || got[1] != TestRTT {
+		t.Errorf("got %v, %v; want [tcp1 rtt] in running order", got, err)
+	}
+	if got, err := ParseTests("all"); err != nil || len(got) != len(AllTests) {
+		t.Errorf("all: got %v, %v", got, err)
+	}
+	for _, bad := range []string{"", ",", "tcp", "udp64,ping"} {
+		if _, err := ParseTests(bad); err == nil {
+			t.Errorf("ParseTests(%q) succeeded", bad)
+		}
+	}
+}
+
 func TestConfigDefaults(t *testing.T) {
 	c, err := Config{OutDir: "x", OverlayBin: "bin/overlay"}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Repetitions != 3 || c.Duration != 10*time.Second || len(c.Paths) != len(AllPaths) {
-		t.Errorf("defaults: %d reps, %v, %v", c.Repetitions, c.Duration, c.Paths)
+	if c.Repetitions != 3 || c.Duration != 10*time.Second || len(c.Paths) != len(AllPaths) || len(c.Tests) != len(AllTests) {
+		t.Errorf("defaults: %d reps, %v, %v, %v", c.Repetitions, c.Duration, c.Paths, c.Tests)
 	}
 	c, err = Config{OutDir: "x", Quick: true, Repetitions: 5, Duration: time.Minute, Paths: []PathID{Underlay}}.withDefaults()
 	if err != nil || c.Repetitions != 1 || c.Duration != time.Second {
@@ -212,6 +227,8 @@ func TestConfigDefaults(t *testing.T) {
 		"unknown path":      {OutDir: "x", Paths: []PathID{"udp"}},
 		"empty paths":       {OutDir: "x", Paths: []PathID{}},
 		"bad TUN driver":    {OutDir: "x", Paths: []PathID{Underlay}, TUNDriver: "fast"},
+		"unknown test":      {OutDir: "x", Paths: []PathID{Underlay}, Tests: []string{"ping"}},
+		"empty tests":       {OutDir: "x", Paths: []PathID{Underlay}, Tests: []string{}},
 	} {
 		if _, err := bad.withDefaults(); !errors.Is(err, errConfig) {
 			t.Errorf("%s: err = %v, want errConfig", name, err)

@@ -89,7 +89,9 @@ func TestSummarize(t *testing.T) {
 }
 
 func TestMarkdown(t *testing.T) {
-	md := Markdown(syntheticResults())
+	r := syntheticResults()
+	r.Platform = &Platform{SyscallNs: 1060, Seconds: 5, CRTTP50: 30, CRTTP99: 80, GoRTTP50: 50, GoRTTP99: 120, GoRounds: 90000}
+	md := Markdown(r)
 	for _, want := range []string{
 		"| metric | underlay (veth) | kernel VXLAN | overlay | overlay --naive |",
 		"| TCP, 1 stream (Gbit/s) | 12.00 (10.80–14.40) · 1.20× | 10.00 (9.00–12.00) | **6.00 (5.40–7.20)** · 0.60× | 0.50 (0.45–0.60) · 0.05× |",
@@ -98,13 +100,15 @@ func TestMarkdown(t *testing.T) {
 		"[missed] 64-byte packet rate at least 90% of kernel VXLAN's: 0.50×",
 		"Command: `overlay-bench --reps 3`",
 		"![overlay vs kernel VXLAN](chart.svg)",
+		"a system call costs 1.06 µs; a 64-byte UDP ping-pong round trip takes 30.0 µs (p99 80.0) between two C processes (sockperf) and 50.0 µs (p99 120.0) between two Go processes, so waking a Go process costs about 10.0 µs more",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
 	}
-	s := Summary(syntheticResults())
-	for _, want := range []string{"overlay vs kernel VXLAN", "TCP, 1 stream", "0.60×", "[met] single-stream TCP at least 10 times"} {
+	s := Summary(r)
+	for _, want := range []string{"overlay vs kernel VXLAN", "TCP, 1 stream", "0.60×", "[met] single-stream TCP at least 10 times",
+		"Platform: system call 1.06 µs; ping-pong p50 C 30.0 µs, Go 50.0 µs (+10.0 µs per Go wake-up)"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("summary lacks %q:\n%s", want, s)
 		}

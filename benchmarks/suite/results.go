@@ -91,7 +91,31 @@ type Results struct {
 	Ratios map[PathID]map[string]float64 `json:"ratios_vs_kernel_vxlan,omitempty"`
 	// Targets are issue #7's goals for the datapath, judged on medians.
 	Targets []Verdict `json:"targets"`
+	// Platform is the probe's measurement, when it ran.
+	Platform *Platform `json:"platform,omitempty"`
 }
+
+// Platform is what bounds a userspace datapath on the machine, measured
+// between the two node namespaces over the underlay veth: the cost of one
+// system call, and 64-byte UDP ping-pong round trips between two C
+// processes (sockperf) and between two Go processes (the Go runtime's
+// netpoller, as in the agent). Every round trip wakes two processes; the
+// difference between the two is what waking a Go process costs beyond a C
+// one.
+type Platform struct {
+	SyscallNs  float64 `json:"syscall_ns"` // getppid(2), best of 5 runs
+	Seconds    int     `json:"seconds"`    // of each ping-pong
+	CRTTP50    float64 `json:"c_rtt_p50_us"`
+	CRTTP99    float64 `json:"c_rtt_p99_us"`
+	GoRTTP50   float64 `json:"go_rtt_p50_us"`
+	GoRTTP99   float64 `json:"go_rtt_p99_us"`
+	GoRounds   int     `json:"go_round_trips"`
+	GoTimeouts int     `json:"go_timeouts"`
+}
+
+// GoWakeExtra is how much longer waking a Go process takes than waking a
+// C one, in µs: half the difference of the two round trips' medians.
+func (p *Platform) GoWakeExtra() float64 { return (p.GoRTTP50 - p.CRTTP50) / 2 }
 
 // Host describes the machine and tools of the run.
 type Host struct {
@@ -110,6 +134,7 @@ type Host struct {
 // Settings are the effective settings of the run.
 type Settings struct {
 	Paths        []PathID `json:"paths"`
+	Tests        []string `json:"tests,omitempty"` // absent in files from before tests could be chosen: all
 	Repetitions  int      `json:"repetitions"`
 	TestSeconds  int      `json:"test_seconds"`
 	Quick        bool     `json:"quick"`

@@ -57,7 +57,7 @@ func run(ctx context.Context, cfg Config) (res *Results, err error) {
 		Started: time.Now().UTC(),
 		Host:    hostInfo(ctx, cfg),
 		Settings: Settings{
-			Paths: cfg.Paths, Repetitions: cfg.Repetitions, TestSeconds: int(cfg.Duration / time.Second),
+			Paths: cfg.Paths, Tests: cfg.Tests, Repetitions: cfg.Repetitions, TestSeconds: int(cfg.Duration / time.Second),
 			Quick: cfg.Quick, TUNDriver: cfg.TUNDriver, UnderlayMTU: underlayMTU, OverlayMTU: overlayMTU,
 			UDPPayload: udpPayload, PingPongSize: pingPongSize,
 		},
@@ -83,20 +83,38 @@ func run(ctx context.Context, cfg Config) (res *Results, err error) {
 		return nil, fmt.Errorf("two-node topology: %w", err)
 	}
 
-	r := &runner{cfg: cfg, res: res, work: work, undo: undo, start: time.Now(),
-		total: cfg.Repetitions * len(cfg.Paths) * len(tests)}
+	var selected []test
+	for _, t := range tests {
+		if slices.Contains(cfg.Tests, t.id) {
+			selected = append(selected, t)
+		}
+	}
+	r := &runner{cfg: cfg, res: res, work: work, undo: undo, start: time.Now(), tests: selected,
+		total: cfg.Repetitions * len(cfg.Paths) * len(selected)}
 	if la := res.Host.LoadAvgStart[0]; la > 0.5*float64(res.Host.CPUs) {
 		fmt.Fprintf(cfg.Progress, "warning: the machine is busy (load average %.2f on %d CPUs): figures will be noisy; the ratios of the same run are fairer than the absolute values\n",
 			la, res.Host.CPUs)
 	}
+	if cfg.Probe {
+		p, perr := r.probe(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("interrupted: %w", ctx.Err())
+		case perr != nil:
+			// The probe explains the figures; it is not one of them.
+			fmt.Fprintf(cfg.Progress, "platform probe FAILED (the paths are measured anyway): %v\n", perr)
+		default:
+			res.Platform = p
+		}
+	}
 	fmt.Fprintf(cfg.Progress, "measuring %s: %d repetition(s) × %d tests × %v, paths interleaved (about %v)\n",
-		joinPaths(cfg.Paths), cfg.Repetitions, len(tests), cfg.Duration, r.estimate().Round(time.Second))
+		joinPaths(cfg.Paths), cfg.Repetitions, len(r.tests), cfg.Duration, r.estimate().Round(time.Second))
 	skip := map[PathID]bool{}
 	var failed []string
 	for rep := 1; rep <= cfg.Repetitions; rep++ {
 		for i, p := range cfg.Paths {
 			if skip[p] {
-				r.done += len(tests)
+				r.done += len(r.tests)
 				continue
 			}
 			run, err := r.measure(ctx, p, rep)
@@ -110,7 +128,7 @@ func run(ctx context.Context, cfg Config) (res *Results, err error) {
 				if errors.Is(err, errSetup) {
 					skip[p] = true
 				}
-				r.done = (rep-1)*len(cfg.Paths)*len(tests) + (i+1)*len(tests)
+				r.done = (rep-1)*len(cfg.Paths)*len(r.tests) + (i+1)*len(r.tests)
 				continue
 			}
 			res.Paths[i].Runs = append(res.Paths[i].Runs, run)
@@ -133,6 +151,7 @@ type runner struct {
 	res   *Results
 	work  string
 	undo  *undoStack  // whole-run cleanup
+	tests []test      // the selected tests, in running order
 	etcd  *etcdServer // started with the first agent path
 	start time.Time
 	total int // tests in the whole run
@@ -216,7 +235,7 @@ func (r *runner) measure(ctx context.Context, p PathID, rep int) (run Repetition
 	}
 
 	run = Repetition{Rep: rep, Values: map[string]float64{}}
-	for _, t := range tests {
+	for _, t := range r.tests {
 		time.Sleep(settle)
 		before, err := sampleCPU(pids)
 		if err != nil {

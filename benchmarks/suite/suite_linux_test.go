@@ -118,7 +118,7 @@ func TestQuickSuite(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, Config{
-		Paths: []PathID{Underlay, KernelVXLAN}, Quick: true, OutDir: out,
+		Paths: []PathID{Underlay, KernelVXLAN}, Quick: true, OutDir: out, Probe: true,
 		Command: "go test -run TestQuickSuite", Progress: &testProgress{t: t},
 	})
 	if errors.Is(err, ErrBusy) {
@@ -140,6 +140,12 @@ func TestQuickSuite(t *testing.T) {
 	}
 	if back.Host.CPUs < 1 || back.Host.IPerf3 == "" || back.Host.Kernel == "" {
 		t.Errorf("host %+v incomplete", back.Host)
+	}
+	if p := back.Platform; p == nil {
+		t.Error("no platform probe in the results")
+	} else if !(p.SyscallNs > 0 && p.SyscallNs < 1e6) || !(p.CRTTP50 > 0) || p.CRTTP99 < p.CRTTP50 ||
+		!(p.GoRTTP50 > 0) || p.GoRTTP99 < p.GoRTTP50 || p.GoRounds < 100 || p.Seconds != 1 {
+		t.Errorf("implausible platform probe %+v", *p)
 	}
 	if len(back.Paths) != 2 {
 		t.Fatalf("%d paths, want 2", len(back.Paths))
@@ -198,6 +204,38 @@ func TestQuickSuite(t *testing.T) {
 	md, err := os.ReadFile(filepath.Join(out, FileMarkdown))
 	if err != nil || !strings.Contains(string(md), "| metric | underlay (veth) | kernel VXLAN |") {
 		t.Errorf("results.md: %v\n%s", err, md)
+	}
+}
+
+// TestQuickSuiteTests runs one chosen test: the other tests' metrics are
+// absent, not zero, and the settings say which test ran.
+func TestQuickSuiteTests(t *testing.T) {
+	requireNetns(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, Config{
+		Paths: []PathID{Underlay}, Tests: []string{TestRTT}, Quick: true, OutDir: t.TempDir(),
+		Progress: &testProgress{t: t},
+	})
+	if errors.Is(err, ErrBusy) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeftovers(t)
+	if len(res.Settings.Tests) != 1 || res.Settings.Tests[0] != TestRTT || res.Platform != nil {
+		t.Errorf("settings tests %v, platform %v; want [rtt] and no probe", res.Settings.Tests, res.Platform)
+	}
+	pr := res.Paths[0]
+	if len(pr.Runs) != 1 || len(pr.Runs[0].Tests) != 1 || pr.Runs[0].Tests[0].Test != TestRTT {
+		t.Fatalf("runs %+v, want one repetition of the rtt test", pr.Runs)
+	}
+	for _, m := range Metrics {
+		_, ok := pr.Summary[m.ID]
+		if want := m.ID == MetricRTTP50 || m.ID == MetricRTTP99; ok != want {
+			t.Errorf("metric %s present = %v, want %v", m.ID, ok, want)
+		}
 	}
 }
 

@@ -132,7 +132,7 @@ func waitListening(ctx context.Context, ns, proto string, port int, p *process) 
 
 // test is one measurement of a path.
 type test struct {
-	id    string // "tcp1", "tcp4", "udp64", "rtt"
+	id    string // one of AllTests
 	title string
 	// cpuMachine and cpuAgents name the metrics that receive this test's
 	// machine and agent CPU; empty when the CPU of this test is kept only
@@ -141,18 +141,18 @@ type test struct {
 	run                   func(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error)
 }
 
-// tests run in this order on every path.
+// tests run in this order (AllTests's) on every path.
 var tests = []test{
-	{id: "tcp1", title: "TCP 1 stream", cpuMachine: MetricCPUMachTCP1, cpuAgents: MetricCPUAgentTCP1,
+	{id: TestTCP1, title: "TCP 1 stream", cpuMachine: MetricCPUMachTCP1, cpuAgents: MetricCPUAgentTCP1,
 		run: func(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error) {
 			return iperfTCP(ctx, target, d, 1, MetricTCP1)
 		}},
-	{id: "tcp4", title: "TCP 4 streams",
+	{id: TestTCP4, title: "TCP 4 streams",
 		run: func(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error) {
 			return iperfTCP(ctx, target, d, 4, MetricTCP4)
 		}},
-	{id: "udp64", title: "UDP 64 B", cpuMachine: MetricCPUMachUDP64, cpuAgents: MetricCPUAgentUDP64, run: iperfUDP},
-	{id: "rtt", title: "UDP ping-pong", run: sockperfPingPong},
+	{id: TestUDP64, title: "UDP 64 B", cpuMachine: MetricCPUMachUDP64, cpuAgents: MetricCPUAgentUDP64, run: iperfUDP},
+	{id: TestRTT, title: "UDP ping-pong", run: sockperfPingPong},
 }
 
 // iperfOmit returns iperf3's -O (seconds of slow start left out of the

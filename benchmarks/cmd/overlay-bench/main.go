@@ -9,6 +9,11 @@
 //	overlay-bench --overlay bin/overlay                 # 3 repetitions × 10 s per test
 //	overlay-bench --overlay bin/overlay --quick         # 1 s per test, 1 repetition
 //	overlay-bench --paths underlay,kernel-vxlan --quick # no agent needed
+//	overlay-bench --paths overlay --tests rtt --reps 5  # one test of one path
+//
+// First it probes the platform (--probe): the cost of a system call and of
+// waking a process, for C (sockperf) and Go processes; see
+// benchmarks/README.md.
 //
 // It exits 0 when every path was measured (missed targets are reported,
 // never fatal), 1 when a path could not be set up or measured, 2 on bad
@@ -33,6 +38,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == suite.EchoArg {
+		// The platform probe's Go echo server (suite.Config.EchoCommand).
+		if err := suite.ServeEcho(os.Args[2]); err != nil {
+			fmt.Fprintf(os.Stderr, "overlay-bench: %v\n", err)
+		}
+		os.Exit(1)
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
@@ -46,6 +58,8 @@ func run(args []string) int {
 	}
 	var (
 		paths     = fs.String("paths", "all", "comma-separated paths to measure: "+pathNames()+", or all")
+		tests     = fs.String("tests", "all", "comma-separated tests to run on every path: "+strings.Join(suite.AllTests, ",")+", or all")
+		probe     = fs.Bool("probe", true, "first measure the platform: a system call, and UDP ping-pong between C and between Go processes")
 		reps      = fs.Int("reps", 3, "repetitions of every path (paths are interleaved within a repetition)")
 		duration  = fs.Duration("duration", 10*time.Second, "duration of every test, whole seconds")
 		quick     = fs.Bool("quick", false, "smoke run: 1 s per test, 1 repetition (overrides --reps and --duration)")
@@ -85,6 +99,11 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "overlay-bench: --paths: %v\n", err)
 		return 2
 	}
+	ts, err := suite.ParseTests(*tests)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "overlay-bench: --tests: %v\n", err)
+		return 2
+	}
 	dir := *out
 	if dir == "" {
 		dir = defaultOutDir(time.Now())
@@ -96,6 +115,8 @@ func run(args []string) int {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg := suite.Config{
 		Paths:       ps,
+		Tests:       ts,
+		Probe:       *probe,
 		Repetitions: *reps,
 		Duration:    *duration,
 		Quick:       *quick,
