@@ -141,14 +141,17 @@ func (e *etcdServer) clearLeases(ctx context.Context) error {
 // until both are ready and reach each other over the overlay, and returns
 // the nodes as the agents configured them (subnets from subnet.env). The
 // agents' teardown is registered on undo.
-func startAgents(ctx context.Context, cfg Config, e *etcdServer, naive bool, work string, undo *undoStack) ([2]node, []*process, error) {
+func startAgents(ctx context.Context, cfg Config, e *etcdServer, path PathID, work string, undo *undoStack) ([2]node, []*process, error) {
 	got := nodes
 	if err := e.clearLeases(ctx); err != nil {
 		return got, nil, err
 	}
-	mode := "default"
-	if naive {
-		mode = "naive"
+	bin, mode, naive := cfg.OverlayBin, "default", false
+	switch path {
+	case OverlayNaive:
+		mode, naive = "naive", true
+	case OverlayB:
+		bin, mode = cfg.OverlayBinB, "b"
 	}
 	procs := make([]*process, 0, len(nodes))
 	files := make([]string, 0, len(nodes))
@@ -166,7 +169,7 @@ func startAgents(ctx context.Context, cfg Config, e *etcdServer, naive bool, wor
 		if err := os.WriteFile(subnetFile, []byte(seed), 0o644); err != nil {
 			return got, nil, err
 		}
-		argv := []string{cfg.OverlayBin, "up", "--backend=userspace",
+		argv := []string{bin, "up", "--backend=userspace",
 			"--etcd-endpoints=" + e.endpoint,
 			"--iface=" + n.veth,
 			"--public-ip=" + n.underlay.Addr().String(),

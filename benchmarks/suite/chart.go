@@ -14,6 +14,7 @@ var pathColor = map[PathID]string{
 	KernelVXLAN:  "#4c78a8",
 	Overlay:      "#f58518",
 	OverlayNaive: "#e45756",
+	OverlayB:     "#54a24b",
 }
 
 // Chart geometry, in SVG user units.

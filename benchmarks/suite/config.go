@@ -19,10 +19,16 @@ const (
 	KernelVXLAN  PathID = "kernel-vxlan"  // flannel.1 as flannel's vxlan backend configures it
 	Overlay      PathID = "overlay"       // overlay up --backend=userspace, default settings
 	OverlayNaive PathID = "overlay-naive" // overlay up --backend=userspace --naive
+	// OverlayB is `overlay up` with default settings from a second binary
+	// (Config.OverlayBinB), to compare two builds of the agent in one run.
+	OverlayB PathID = "overlay-b"
 )
 
-// AllPaths lists every path in measuring order.
+// AllPaths lists every path in measuring order: what "all" selects.
 var AllPaths = []PathID{Underlay, KernelVXLAN, Overlay, OverlayNaive}
+
+// knownPaths is every path in measuring order, the optional ones included.
+var knownPaths = []PathID{Underlay, KernelVXLAN, Overlay, OverlayB, OverlayNaive}
 
 // Title is the path's name for people (tables, chart legend).
 func (p PathID) Title() string {
@@ -35,39 +41,44 @@ func (p PathID) Title() string {
 		return "overlay"
 	case OverlayNaive:
 		return "overlay --naive"
+	case OverlayB:
+		return "overlay B"
 	}
 	return string(p)
 }
 
 // Agent reports whether the path runs `overlay up` agents, whose CPU and
 // memory the suite then reports.
-func (p PathID) Agent() bool { return p == Overlay || p == OverlayNaive }
+func (p PathID) Agent() bool { return p == Overlay || p == OverlayB || p == OverlayNaive }
 
-// ParsePaths parses a comma-separated list of path names ("all" for every
-// path), keeping measuring order and dropping duplicates.
+// ParsePaths parses a comma-separated list of path names ("all" for
+// AllPaths), keeping measuring order and dropping duplicates.
 func ParsePaths(s string) ([]PathID, error) {
-	if strings.TrimSpace(s) == "all" {
-		return slices.Clone(AllPaths), nil
-	}
 	want := map[PathID]bool{}
 	for f := range strings.SplitSeq(s, ",") {
 		f = strings.TrimSpace(f)
 		if f == "" {
 			continue
 		}
-		if !slices.Contains(AllPaths, PathID(f)) {
-			return nil, fmt.Errorf("unknown path %q (known: %s, or all)", f, joinPaths(AllPaths))
+		if f == "all" {
+			for _, p := range AllPaths {
+				want[p] = true
+			}
+			continue
+		}
+		if !slices.Contains(knownPaths, PathID(f)) {
+			return nil, fmt.Errorf("unknown path %q (known: %s, or all)", f, joinPaths(knownPaths))
 		}
 		want[PathID(f)] = true
 	}
 	var out []PathID
-	for _, p := range AllPaths {
+	for _, p := range knownPaths {
 		if want[p] {
 			out = append(out, p)
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("no path in %q (known: %s, or all)", s, joinPaths(AllPaths))
+		return nil, fmt.Errorf("no path in %q (known: %s, or all)", s, joinPaths(knownPaths))
 	}
 	return out, nil
 }
@@ -144,6 +155,9 @@ type Config struct {
 	Quick bool
 	// OverlayBin is the `overlay` binary (bin/overlay after `make build`).
 	OverlayBin string
+	// OverlayBinB is the agent of path overlay-b: another build of
+	// `overlay`, measured against OverlayBin in the same run.
+	OverlayBinB string
 	// EtcdBin is the etcd server for the agent paths. Empty means
 	// `<OverlayBin> etcd` when the binary has that command, else
 	// /usr/bin/etcd (Debian package etcd-server).
@@ -221,11 +235,14 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	for _, p := range c.Paths {
-		if !slices.Contains(AllPaths, p) {
+		if !slices.Contains(knownPaths, p) {
 			return c, fmt.Errorf("%w: unknown path %q", errConfig, p)
 		}
 		if p.Agent() && c.OverlayBin == "" {
 			return c, fmt.Errorf("%w: path %s needs the overlay binary (build it with `make build`, pass --overlay bin/overlay)", errConfig, p)
+		}
+		if p == OverlayB && c.OverlayBinB == "" {
+			return c, fmt.Errorf("%w: path %s needs a second overlay binary (--overlay-b)", errConfig, p)
 		}
 	}
 	return c, nil

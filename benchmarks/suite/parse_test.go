@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -184,6 +185,10 @@ func TestParsePaths(t *testing.T) {
 	if got, err := ParsePaths("all"); err != nil || len(got) != len(AllPaths) {
 		t.Errorf("all: got %v, %v", got, err)
 	}
+	got, err = ParsePaths("overlay-naive,all,overlay-b")
+	if want := []PathID{Underlay, KernelVXLAN, Overlay, OverlayB, OverlayNaive}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("all plus overlay-b: got %v, %v; want %v", got, err, want)
+	}
 	for _, bad := range []string{"", ",", "kernel", "overlay,udp"} {
 		if _, err := ParsePaths(bad); err == nil {
 			t.Errorf("ParsePaths(%q) succeeded", bad)
@@ -227,6 +232,7 @@ func TestConfigDefaults(t *testing.T) {
 		"unknown path":      {OutDir: "x", Paths: []PathID{"udp"}},
 		"empty paths":       {OutDir: "x", Paths: []PathID{}},
 		"bad TUN driver":    {OutDir: "x", Paths: []PathID{Underlay}, TUNDriver: "fast"},
+		"B without bin":     {OutDir: "x", Paths: []PathID{OverlayB}, OverlayBin: "bin/overlay"},
 		"unknown test":      {OutDir: "x", Paths: []PathID{Underlay}, Tests: []string{"ping"}},
 		"empty tests":       {OutDir: "x", Paths: []PathID{Underlay}, Tests: []string{}},
 	} {

@@ -354,7 +354,7 @@ func (r *Results) sortedPaths() []PathID {
 		ids = append(ids, p.ID)
 	}
 	slices.SortStableFunc(ids, func(a, b PathID) int {
-		return cmp.Compare(slices.Index(AllPaths, a), slices.Index(AllPaths, b))
+		return cmp.Compare(slices.Index(knownPaths, a), slices.Index(knownPaths, b))
 	})
 	return ids
 }

@@ -29,11 +29,17 @@ func run(ctx context.Context, cfg Config) (res *Results, err error) {
 		return nil, ErrNotRoot
 	}
 	if slices.ContainsFunc(cfg.Paths, PathID.Agent) {
-		if _, err := os.Stat(cfg.OverlayBin); err != nil {
-			return nil, fmt.Errorf("%w: overlay binary: %v (build it with `make build`)", errConfig, err)
+		bins := []string{cfg.OverlayBin}
+		if slices.Contains(cfg.Paths, OverlayB) {
+			bins = append(bins, cfg.OverlayBinB)
 		}
-		if !hasCommand(ctx, cfg.OverlayBin, "up") {
-			return nil, fmt.Errorf("%w: %s has no `up` command; measure the other paths with --paths underlay,kernel-vxlan", errConfig, cfg.OverlayBin)
+		for _, bin := range bins {
+			if _, err := os.Stat(bin); err != nil {
+				return nil, fmt.Errorf("%w: overlay binary: %v (build it with `make build`)", errConfig, err)
+			}
+			if !hasCommand(ctx, bin, "up") {
+				return nil, fmt.Errorf("%w: %s has no `up` command; measure the other paths with --paths underlay,kernel-vxlan", errConfig, bin)
+			}
 		}
 	}
 	unlock, err := lockRun()
@@ -184,7 +190,7 @@ func (r *runner) setupPath(ctx context.Context, p PathID, dir string, undo *undo
 		return nodes[1].underlay.Addr(), nil, nil
 	case KernelVXLAN:
 		return nodes[1].vtep(), nil, setupKernelVXLAN(ctx, undo)
-	case Overlay, OverlayNaive:
+	case Overlay, OverlayB, OverlayNaive:
 		if r.etcd == nil {
 			e, err := startEtcd(ctx, r.cfg, r.work, r.undo)
 			if err != nil {
@@ -193,7 +199,7 @@ func (r *runner) setupPath(ctx context.Context, p PathID, dir string, undo *undo
 			r.etcd = e
 			r.res.Host.EtcdDescription = e.desc
 		}
-		got, procs, err := startAgents(ctx, r.cfg, r.etcd, p == OverlayNaive, dir, undo)
+		got, procs, err := startAgents(ctx, r.cfg, r.etcd, p, dir, undo)
 		return got[1].vtep(), procs, err
 	}
 	return netip.Addr{}, nil, fmt.Errorf("unknown path %q", p)

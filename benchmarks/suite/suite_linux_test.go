@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -264,7 +265,7 @@ func TestQuickSuiteAgents(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, Config{
-		Paths: []PathID{Overlay, OverlayNaive}, Quick: true, OutDir: out, OverlayBin: bin,
+		Paths: []PathID{Overlay, OverlayB, OverlayNaive}, Quick: true, OutDir: out, OverlayBin: bin, OverlayBinB: bin,
 		KeepLogs: true, Progress: &testProgress{t: t},
 	})
 	if errors.Is(err, ErrBusy) {
@@ -299,10 +300,13 @@ func TestQuickSuiteAgents(t *testing.T) {
 			t.Errorf("target %q: %s", v.Goal, v.Status)
 		}
 	}
-	// Both agents of both paths left their logs.
+	if got := res.sortedPaths(); !slices.Equal(got, []PathID{Overlay, OverlayB, OverlayNaive}) {
+		t.Errorf("paths %v, want overlay, overlay-b, overlay-naive", got)
+	}
+	// Both agents of every path left their logs.
 	logs, _ := filepath.Glob(filepath.Join(out, "logs", "*", "*", "agent.log"))
-	if len(logs) != 4 {
-		t.Errorf("agent logs %v, want 4", logs)
+	if len(logs) != 6 {
+		t.Errorf("agent logs %v, want 6", logs)
 	}
 }
 

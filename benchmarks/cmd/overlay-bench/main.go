@@ -10,6 +10,7 @@
 //	overlay-bench --overlay bin/overlay --quick         # 1 s per test, 1 repetition
 //	overlay-bench --paths underlay,kernel-vxlan --quick # no agent needed
 //	overlay-bench --paths overlay --tests rtt --reps 5  # one test of one path
+//	overlay-bench --paths overlay --overlay-b /tmp/overlay-new --tests rtt  # A/B of two builds
 //
 // First it probes the platform (--probe): the cost of a system call and of
 // waking a process, for C (sockperf) and Go processes; see
@@ -64,6 +65,7 @@ func run(args []string) int {
 		duration  = fs.Duration("duration", 10*time.Second, "duration of every test, whole seconds")
 		quick     = fs.Bool("quick", false, "smoke run: 1 s per test, 1 repetition (overrides --reps and --duration)")
 		overlay   = fs.String("overlay", "bin/overlay", "the overlay binary (make build)")
+		overlayB  = fs.String("overlay-b", "", "a second overlay binary, measured as path overlay-b in the same run (adds it to --paths): an A/B comparison of two builds")
 		etcd      = fs.String("etcd", "", "etcd server for the agent paths (default: the overlay binary's etcd command, else /usr/bin/etcd)")
 		tunDriver = fs.String("tun-driver", "", "--tun-driver for the default overlay path (auto, offload, plain; default: the agent's)")
 		out       = fs.String("out", "", "results directory (default benchmarks/results/<UTC time> in a source tree, else overlay-bench-<UTC time>)")
@@ -94,7 +96,11 @@ func run(args []string) int {
 		fmt.Print(suite.Summary(res))
 		return 0
 	}
-	ps, err := suite.ParsePaths(*paths)
+	spec := *paths
+	if *overlayB != "" {
+		spec += "," + string(suite.OverlayB)
+	}
+	ps, err := suite.ParsePaths(spec)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "overlay-bench: --paths: %v\n", err)
 		return 2
@@ -121,6 +127,7 @@ func run(args []string) int {
 		Duration:    *duration,
 		Quick:       *quick,
 		OverlayBin:  *overlay,
+		OverlayBinB: *overlayB,
 		EtcdBin:     *etcd,
 		TUNDriver:   *tunDriver,
 		OutDir:      dir,
