@@ -23,6 +23,20 @@ import (
 // iovec, sockaddr and control buffer is allocated once per Conn and reused,
 // and the calls go through syscall.RawConn so the runtime poller still parks
 // the goroutine while the socket is not ready.
+//
+// The pumps' four system calls (recvmmsg and sendmmsg here, the TUN's read
+// and writev in device_linux.go) are made with RawSyscall, which does not
+// tell the scheduler the goroutine entered the kernel. They never block:
+// the sockets and the TUN are non-blocking, and recvmmsg and sendmmsg say
+// MSG_DONTWAIT besides; "not ready" comes back as EAGAIN and parks the
+// goroutine in the poller. With Syscall, a call that lasts past a tick of
+// the runtime's monitor thread (a sendmmsg that carries 64 KiB through the
+// veth, a TUN writev that delivers a super-packet up the stack) has its P
+// taken away and handed to another thread, which must be woken and then
+// goes back to sleep: measured with bin/overlay-bench --overlay-b (same
+// run, 5 interleaved repetitions), RawSyscall took the round trip p50 from
+// 204 to 88 µs, 64-byte packets from 79 k to 93 k/s, and the agents' CPU
+// during bulk TCP from 1.40 to 1.24 cores (tunnel/BENCHMARKS.md).
 
 const (
 	// connBatch is the number of mmsghdrs per direction.
@@ -211,7 +225,7 @@ func (r *recvState) init(gro bool) {
 
 func (r *recvState) recv(fd uintptr) bool {
 	for {
-		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.n), unix.MSG_DONTWAIT, 0, 0)
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.n), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case unix.EINTR:
 			continue
@@ -376,7 +390,7 @@ func (w *sendState) init() {
 
 func (w *sendState) send(fd uintptr) bool {
 	for {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.hdrs[w.start])), uintptr(w.end-w.start), 0, 0, 0)
+		n, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.hdrs[w.start])), uintptr(w.end-w.start), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case unix.EINTR:
 			continue

@@ -242,7 +242,10 @@ func getMTU(name string) (int, error) {
 // The pumps bypass Read and Write: readVnet and writeVnet move one packet
 // with its virtio-net header per system call, for the scatter-gather paths
 // (gso.go, gro.go). Read and Write remain for other callers (and the ICMP
-// answers).
+// answers). readVnet and writeVnet use RawSyscall, for the reason and with
+// the effect given in conn_linux.go: the descriptor is non-blocking (opened
+// O_NONBLOCK, and wireguard's constructor sets it again for a descriptor
+// passed in), so neither call can block.
 //
 // Read drains the device: after the blocking read that wakes it, it keeps
 // reading while the kernel's queue holds packets and a whole super-packet
@@ -329,7 +332,7 @@ func (t *offloadTUN) writeVnet(pieces [][]byte) error {
 
 func (t *offloadTUN) writeOnce(fd uintptr) bool {
 	for {
-		_, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.iovs[0])), uintptr(t.niov))
+		_, _, errno := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.iovs[0])), uintptr(t.niov))
 		switch errno {
 		case unix.EINTR:
 			continue
@@ -367,7 +370,7 @@ func (t *offloadTUN) readVnet(buf []byte, wait bool) (int, error) {
 
 func (t *offloadTUN) readOnce(fd uintptr) bool {
 	for {
-		n, _, errno := unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&t.rbuf[0])), uintptr(len(t.rbuf)))
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&t.rbuf[0])), uintptr(len(t.rbuf)))
 		switch errno {
 		case unix.EINTR:
 			continue
