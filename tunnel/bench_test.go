@@ -63,8 +63,8 @@ func BenchmarkLoopbackUDP(b *testing.B) {
 			if naive {
 				batch = 1
 			}
-			ca := listen(b, tunnel.UDPOptions{DisableGSO: naive, DisableGRO: naive})
-			cb := listen(b, tunnel.UDPOptions{DisableGSO: naive, DisableGRO: naive})
+			ca := listen(b, tunnel.UDPOptions{Naive: naive})
+			cb := listen(b, tunnel.UDPOptions{Naive: naive})
 			var ta, tb routes.Table
 			if err := ta.Update([]netip.Prefix{subnetA}, []routes.Peer{{Subnet: subnetB, Endpoint: cb.LocalAddr(), MAC: macB}}); err != nil {
 				b.Fatal(err)

@@ -104,6 +104,12 @@ type UDPOptions struct {
 	// DisableGSO and DisableGRO turn the UDP offloads off even where the
 	// kernel has them (naive mode, or to work around a broken path).
 	DisableGSO, DisableGRO bool
+	// Naive makes the socket calls as a straightforward Go program makes
+	// them, through the scheduler's ordinary system-call path
+	// (syscall.Syscall) rather than the raw calls the datapath uses; with
+	// a batch of one, that is the benchmark floor of the tunnel's naive
+	// mode. It implies DisableGSO and DisableGRO.
+	Naive bool
 	// SocketBuffer is the send and receive buffer size to ask for, in
 	// bytes; zero means DefaultSocketBuffer. It is forced past the system
 	// limits (SO_RCVBUFFORCE) when the process may do so.

@@ -36,7 +36,9 @@ import (
 // goes back to sleep: measured with bin/overlay-bench --overlay-b (same
 // run, 5 interleaved repetitions), RawSyscall took the round trip p50 from
 // 204 to 88 µs, 64-byte packets from 79 k to 93 k/s, and the agents' CPU
-// during bulk TCP from 1.40 to 1.24 cores (tunnel/BENCHMARKS.md).
+// during bulk TCP from 1.40 to 1.24 cores (tunnel/BENCHMARKS.md). A naive
+// socket (UDPOptions.Naive) keeps the ordinary Syscall, as the floor it
+// stands for would.
 
 const (
 	// connBatch is the number of mmsghdrs per direction.
@@ -104,6 +106,9 @@ func ListenUDP(opts UDPOptions) (Conn, error) {
 	if addr.Addr().Is6() {
 		network = "udp6"
 	}
+	if opts.Naive {
+		opts.DisableGSO, opts.DisableGRO = true, true
+	}
 	c := &udpConn{is6: addr.Addr().Is6(), log: opts.Logger}
 	if c.log == nil {
 		c.log = slog.Default()
@@ -149,8 +154,12 @@ func ListenUDP(opts UDPOptions) (Conn, error) {
 		_, err := getsockopt(c.txRaw[0], unix.IPPROTO_UDP, unix.UDP_SEGMENT)
 		c.gso.Store(err == nil)
 	}
-	c.r.init(c.gro)
-	c.w.init()
+	sys := unix.RawSyscall6
+	if opts.Naive {
+		sys = unix.Syscall6
+	}
+	c.r.init(c.gro, sys)
+	c.w.init(sys)
 	return c, nil
 }
 
@@ -201,6 +210,7 @@ func (c *udpConn) Close() error {
 
 // recvState is the preallocated recvmmsg state.
 type recvState struct {
+	sys   syscall6 // the system call entry: raw unless naive
 	hdrs  []unix.Mmsghdr
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6
@@ -212,7 +222,11 @@ type recvState struct {
 	fn    func(fd uintptr) bool // r.recv, bound once so calls do not allocate
 }
 
-func (r *recvState) init(gro bool) {
+// syscall6 is the signature of unix.RawSyscall6 and unix.Syscall6.
+type syscall6 func(trap, a1, a2, a3, a4, a5, a6 uintptr) (r1, r2 uintptr, err unix.Errno)
+
+func (r *recvState) init(gro bool, sys syscall6) {
+	r.sys = sys
 	r.hdrs = make([]unix.Mmsghdr, connBatch)
 	r.iovs = make([]unix.Iovec, connBatch)
 	r.names = make([]unix.RawSockaddrInet6, connBatch)
@@ -225,7 +239,7 @@ func (r *recvState) init(gro bool) {
 
 func (r *recvState) recv(fd uintptr) bool {
 	for {
-		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.n), unix.MSG_DONTWAIT, 0, 0)
+		n, _, errno := r.sys(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.n), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case unix.EINTR:
 			continue
@@ -359,6 +373,7 @@ func (c *udpConn) sockFor(flow uint32) int {
 
 // sendState is the preallocated sendmmsg state.
 type sendState struct {
+	sys   syscall6 // the system call entry: raw unless naive
 	hdrs  []unix.Mmsghdr
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6
@@ -379,7 +394,8 @@ type sendRef struct {
 // cursor is a position in a WriteBatch: a message and a frame in it.
 type cursor struct{ msg, frame int }
 
-func (w *sendState) init() {
+func (w *sendState) init(sys syscall6) {
+	w.sys = sys
 	w.hdrs = make([]unix.Mmsghdr, connBatch)
 	w.iovs = make([]unix.Iovec, 8*connBatch)
 	w.names = make([]unix.RawSockaddrInet6, connBatch)
@@ -390,7 +406,7 @@ func (w *sendState) init() {
 
 func (w *sendState) send(fd uintptr) bool {
 	for {
-		n, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.hdrs[w.start])), uintptr(w.end-w.start), unix.MSG_DONTWAIT, 0, 0)
+		n, _, errno := w.sys(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.hdrs[w.start])), uintptr(w.end-w.start), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case unix.EINTR:
 			continue

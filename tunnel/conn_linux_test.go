@@ -79,10 +79,19 @@ func payload(size int, tag byte) []byte {
 }
 
 func TestConnBatchesOverLoopback(t *testing.T) {
-	for _, off := range []bool{false, true} {
-		t.Run(map[bool]string{false: "offloads", true: "no-offloads"}[off], func(t *testing.T) {
-			a := listen(t, tunnel.UDPOptions{DisableGSO: off, DisableGRO: off, SourcePorts: 4})
-			b := listen(t, tunnel.UDPOptions{DisableGSO: off, DisableGRO: off})
+	for _, mode := range []string{"offloads", "no-offloads", "naive"} {
+		t.Run(mode, func(t *testing.T) {
+			off := mode != "offloads"
+			opts := tunnel.UDPOptions{DisableGSO: off, DisableGRO: off, Naive: mode == "naive"}
+			if mode == "naive" {
+				opts.DisableGSO, opts.DisableGRO = false, false // Naive alone must turn them off
+			}
+			b := listen(t, opts)
+			opts.SourcePorts = 4
+			a := listen(t, opts)
+			if off && (a.GSO() || b.GRO()) {
+				t.Fatalf("%s: GSO %v, GRO %v; want both off", mode, a.GSO(), b.GRO())
+			}
 			if !off {
 				t.Logf("GSO %v, GRO %v", a.GSO(), b.GRO())
 			}

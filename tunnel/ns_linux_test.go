@@ -211,7 +211,7 @@ func startNode(t testing.TB, ns *namespace, cfg nodeConfig, fl flavour) *tunnel.
 		if err != nil {
 			return err
 		}
-		conn, err = tunnel.ListenUDP(tunnel.UDPOptions{Addr: netip.AddrPortFrom(cfg.underlay, encap.PortLinux), DisableGSO: fl.naive, DisableGRO: fl.naive})
+		conn, err = tunnel.ListenUDP(tunnel.UDPOptions{Addr: netip.AddrPortFrom(cfg.underlay, encap.PortLinux), Naive: fl.naive})
 		if err != nil {
 			dev.Close()
 			return err
