@@ -54,39 +54,44 @@ func (p PathID) Agent() bool { return p == Overlay || p == OverlayB || p == Over
 // ParsePaths parses a comma-separated list of path names ("all" for
 // AllPaths), keeping measuring order and dropping duplicates.
 func ParsePaths(s string) ([]PathID, error) {
-	want := map[PathID]bool{}
+	return parseList(s, "path", AllPaths, knownPaths)
+}
+
+// parseList parses a comma-separated list of names from known, in which
+// "all" stands for every name of all. The result keeps known's order,
+// without duplicates, and is never empty.
+func parseList[T ~string](s, what string, all, known []T) ([]T, error) {
+	want := map[T]bool{}
 	for f := range strings.SplitSeq(s, ",") {
 		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		if f == "all" {
-			for _, p := range AllPaths {
-				want[p] = true
+		switch {
+		case f == "":
+		case f == "all":
+			for _, v := range all {
+				want[v] = true
 			}
-			continue
+		case slices.Contains(known, T(f)):
+			want[T(f)] = true
+		default:
+			return nil, fmt.Errorf("unknown %s %q (known: %s, or all)", what, f, joinNames(known))
 		}
-		if !slices.Contains(knownPaths, PathID(f)) {
-			return nil, fmt.Errorf("unknown path %q (known: %s, or all)", f, joinPaths(knownPaths))
-		}
-		want[PathID(f)] = true
 	}
-	var out []PathID
-	for _, p := range knownPaths {
-		if want[p] {
-			out = append(out, p)
+	var out []T
+	for _, v := range known {
+		if want[v] {
+			out = append(out, v)
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("no path in %q (known: %s, or all)", s, joinPaths(knownPaths))
+		return nil, fmt.Errorf("no %s in %q (known: %s, or all)", what, s, joinNames(known))
 	}
 	return out, nil
 }
 
-func joinPaths(ps []PathID) string {
-	s := make([]string, len(ps))
-	for i, p := range ps {
-		s[i] = string(p)
+func joinNames[T ~string](vs []T) string {
+	s := make([]string, len(vs))
+	for i, v := range vs {
+		s[i] = string(v)
 	}
 	return strings.Join(s, ",")
 }
@@ -105,30 +110,7 @@ var AllTests = []string{TestTCP1, TestTCP4, TestUDP64, TestRTT}
 // ParseTests parses a comma-separated list of test names ("all" for every
 // test), keeping running order and dropping duplicates.
 func ParseTests(s string) ([]string, error) {
-	if strings.TrimSpace(s) == "all" {
-		return slices.Clone(AllTests), nil
-	}
-	want := map[string]bool{}
-	for f := range strings.SplitSeq(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		if !slices.Contains(AllTests, f) {
-			return nil, fmt.Errorf("unknown test %q (known: %s, or all)", f, strings.Join(AllTests, ","))
-		}
-		want[f] = true
-	}
-	var out []string
-	for _, t := range AllTests {
-		if want[t] {
-			out = append(out, t)
-		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no test in %q (known: %s, or all)", s, strings.Join(AllTests, ","))
-	}
-	return out, nil
+	return parseList(s, "test", AllTests, AllTests)
 }
 
 // Config is what one suite run measures and where it reports. The zero

@@ -114,7 +114,7 @@ func run(ctx context.Context, cfg Config) (res *Results, err error) {
 		}
 	}
 	fmt.Fprintf(cfg.Progress, "measuring %s: %d repetition(s) × %d tests × %v, paths interleaved (about %v)\n",
-		joinPaths(cfg.Paths), cfg.Repetitions, len(r.tests), cfg.Duration, r.estimate().Round(time.Second))
+		joinNames(cfg.Paths), cfg.Repetitions, len(r.tests), cfg.Duration, r.estimate().Round(time.Second))
 	skip := map[PathID]bool{}
 	var failed []string
 	for rep := 1; rep <= cfg.Repetitions; rep++ {
