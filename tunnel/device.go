@@ -116,6 +116,11 @@ type TUNOptions struct {
 	FD int
 	// Driver selects the implementation; empty means DriverAuto.
 	Driver Driver
+	// Naive makes a plain device read and write through os.File, the
+	// ordinary system-call path a straightforward Go program takes: the
+	// tunnel's naive mode, the benchmark floor. Otherwise a plain device
+	// makes its calls as the offload driver does (conn_linux.go says why).
+	Naive bool
 	// Logger receives the warning when DriverAuto falls back to plain
 	// mode; nil means slog.Default().
 	Logger *slog.Logger

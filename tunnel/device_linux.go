@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -81,6 +82,9 @@ func OpenTUN(opts TUNOptions) (Device, Mode, error) {
 		mode = ModeOffload
 	case *plainTUN:
 		d.mtu = mtu
+		if !opts.Naive {
+			d.rawCalls()
+		}
 	}
 	return dev, mode, nil
 }
@@ -318,16 +322,7 @@ func (t *offloadTUN) writeVnet(pieces [][]byte) error {
 	t.werr = 0
 	err := t.raw.Write(t.writeFn)
 	clear(t.iovs[:t.niov]) // do not pin the caller's buffers
-	if err != nil {
-		return fmt.Errorf("tunnel: TUN write: %w (%w)", os.ErrClosed, err)
-	}
-	switch t.werr {
-	case 0:
-		return nil
-	case unix.EBADFD:
-		return os.ErrClosed
-	}
-	return os.NewSyscallError("writev", t.werr)
+	return rawErr(err, t.werr, "writev")
 }
 
 func (t *offloadTUN) writeOnce(fd uintptr) bool {
@@ -355,15 +350,8 @@ func (t *offloadTUN) readVnet(buf []byte, wait bool) (int, error) {
 	t.rbuf, t.rn, t.rerr, t.rwait = buf, 0, 0, wait
 	err := t.raw.Read(t.readFn)
 	t.rbuf = nil
-	if err != nil {
-		// The raw connection fails only once the file is closed.
-		return 0, fmt.Errorf("tunnel: TUN read: %w (%w)", os.ErrClosed, err)
-	}
-	if t.rerr != 0 {
-		if t.rerr == unix.EBADFD {
-			return 0, os.ErrClosed
-		}
-		return 0, os.NewSyscallError("read", t.rerr)
+	if err := rawErr(err, t.rerr, "read"); err != nil {
+		return 0, err
 	}
 	return t.rn, nil
 }
@@ -430,16 +418,104 @@ func (t *offloadTUN) Close() error   { return t.dev.Close() }
 // plainTUN is a TUN without offloads: one packet per read or write system
 // call. rw is a non-blocking *os.File, so Close unblocks a pending Read
 // through the runtime poller.
+//
+// Unless naive, the calls are RawSyscalls through rw's syscall.RawConn, for
+// the reason given in conn_linux.go; EAGAIN still parks the goroutine in
+// the poller.
 type plainTUN struct {
 	rw   io.ReadWriteCloser
 	name string
 	mtu  int
 	once closeOnce
+
+	raw syscall.RawConn // nil: calls go through rw
+
+	// Read's call state: the out pump is the only reader. readFn is
+	// t.readOnce, bound once so Read does not allocate.
+	rbuf   []byte
+	rn     int
+	rerr   unix.Errno
+	readFn func(fd uintptr) bool
+
+	// Write's call state, under wmu: the in pump writes, and so do the
+	// out pump's ICMP answers.
+	wmu     sync.Mutex
+	wbuf    []byte
+	werr    unix.Errno
+	writeFn func(fd uintptr) bool
 }
 
 var _ Device = (*plainTUN)(nil)
 
+// rawCalls switches t to raw system calls on rw's descriptor, if rw has
+// one (it always does here: an *os.File).
+func (t *plainTUN) rawCalls() {
+	sc, ok := t.rw.(syscall.Conn)
+	if !ok {
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	t.raw, t.readFn, t.writeFn = raw, t.readOnce, t.writeOnce
+}
+
+func (t *plainTUN) readOnce(fd uintptr) bool {
+	for {
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&t.rbuf[0])), uintptr(len(t.rbuf)))
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // park in the poller until readable
+		}
+		t.rn, t.rerr = int(n), errno
+		return true
+	}
+}
+
+func (t *plainTUN) writeOnce(fd uintptr) bool {
+	for {
+		_, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&t.wbuf[0])), uintptr(len(t.wbuf)))
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		t.werr = errno
+		return true
+	}
+}
+
+// rawErr maps the outcome of a raw TUN call (call is "read", "write" or
+// "writev") to the error the pumps expect: os.ErrClosed once the device is
+// closed.
+func rawErr(err error, errno unix.Errno, call string) error {
+	switch {
+	case err != nil:
+		// The raw connection fails only once the file is closed.
+		return fmt.Errorf("tunnel: TUN %s: %w (%w)", call, os.ErrClosed, err)
+	case errno == unix.EBADFD:
+		return os.ErrClosed
+	case errno != 0:
+		return os.NewSyscallError(call, errno)
+	}
+	return nil
+}
+
 func (t *plainTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if t.raw != nil {
+		t.rbuf, t.rn, t.rerr = bufs[0][offset:], 0, 0
+		err := t.raw.Read(t.readFn)
+		t.rbuf = nil
+		if err := rawErr(err, t.rerr, "read"); err != nil {
+			return 0, err
+		}
+		sizes[0] = t.rn
+		return 1, nil
+	}
 	n, err := t.rw.Read(bufs[0][offset:])
 	if err != nil {
 		if errors.Is(err, syscall.EBADFD) {
@@ -454,8 +530,12 @@ func (t *plainTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (t *plainTUN) Write(bufs [][]byte, offset int) (int, error) {
 	var errs []error
 	n := 0
+	if t.raw != nil {
+		t.wmu.Lock()
+		defer t.wmu.Unlock()
+	}
 	for _, b := range bufs {
-		if _, err := t.rw.Write(b[offset:]); err != nil {
+		if err := t.write(b[offset:]); err != nil {
 			if errors.Is(err, syscall.EBADFD) || errors.Is(err, os.ErrClosed) {
 				return n, os.ErrClosed
 			}
@@ -468,6 +548,21 @@ func (t *plainTUN) Write(bufs [][]byte, offset int) (int, error) {
 		return n, errors.Join(errs...)
 	}
 	return n, nil
+}
+
+// write writes one packet.
+func (t *plainTUN) write(b []byte) error {
+	if t.raw == nil {
+		_, err := t.rw.Write(b)
+		return err
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	t.wbuf, t.werr = b, 0
+	err := t.raw.Write(t.writeFn)
+	t.wbuf = nil
+	return rawErr(err, t.werr, "write")
 }
 
 func (t *plainTUN) BatchSize() int { return 1 }

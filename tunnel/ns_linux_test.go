@@ -207,7 +207,7 @@ func startNode(t testing.TB, ns *namespace, cfg nodeConfig, fl flavour) *tunnel.
 	)
 	ns.do(t, func() error {
 		var err error
-		dev, mode, err = tunnel.OpenTUN(tunnel.TUNOptions{Name: devName, MTU: mtu, Driver: fl.driver})
+		dev, mode, err = tunnel.OpenTUN(tunnel.TUNOptions{Name: devName, MTU: mtu, Driver: fl.driver, Naive: fl.naive})
 		if err != nil {
 			return err
 		}

@@ -218,7 +218,7 @@ func (a *agent) startDatapath() (err error) {
 	if cfg.naive {
 		driver = tunnel.DriverPlain
 	}
-	dev, mode, err := tunnel.OpenTUN(tunnel.TUNOptions{Name: cfg.tunName, MTU: cfg.mtu, FD: cfg.tunFD, Driver: driver, Logger: a.log})
+	dev, mode, err := tunnel.OpenTUN(tunnel.TUNOptions{Name: cfg.tunName, MTU: cfg.mtu, FD: cfg.tunFD, Driver: driver, Naive: cfg.naive, Logger: a.log})
 	if err != nil {
 		return fmt.Errorf("open the TUN device: %w", err)
 	}
