@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -473,4 +474,54 @@ func TestNamespaceFromFD(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestTUNDoesNotAllocate counts the allocations of a real TUN's Read and
+// Write, as the pumps call them, in both drivers: an ICMP echo request
+// written into the device comes back from the kernel as an echo reply to
+// read.
+func TestTUNDoesNotAllocate(t *testing.T) {
+	requireRoot(t)
+	for _, drv := range []tunnel.Driver{tunnel.DriverOffload, tunnel.DriverPlain} {
+		t.Run(string(drv), func(t *testing.T) {
+			ns := newNamespace(t, "alloc")
+			var dev tunnel.Device
+			ns.do(t, func() error {
+				var err error
+				if dev, _, err = tunnel.OpenTUN(tunnel.TUNOptions{Name: devName, MTU: mtu, Driver: drv}); err != nil {
+					return err
+				}
+				_, err = routes.ConfigureLink(routes.LinkConfig{Name: devName, MTU: mtu,
+					Addr: netip.MustParsePrefix("10.244.77.1/32"), Network: netip.MustParsePrefix("10.244.77.0/24")})
+				return err
+			})
+			t.Cleanup(func() { dev.Close() })
+			echo := make([]byte, 8+56)
+			echo[0] = 8 // echo request
+			binary.BigEndian.PutUint16(echo[4:], 0x77)
+			binary.BigEndian.PutUint16(echo[2:], csum(echo, 0))
+			req := ipv4("10.244.77.2", "10.244.77.1", 1, true, echo)
+			wbufs := [][]byte{append(make([]byte, encap.Headroom), req...)}
+			rbufs := [][]byte{make([]byte, encap.Headroom+65535)}
+			sizes := []int{0}
+			step := func() {
+				if _, err := dev.Write(wbufs, encap.Headroom); err != nil {
+					t.Fatal(err)
+				}
+				n, err := dev.Read(rbufs, sizes, encap.Headroom)
+				if err != nil {
+					t.Fatal(err)
+				}
+				reply := rbufs[0][encap.Headroom : encap.Headroom+sizes[0]]
+				if n != 1 || len(reply) != len(req) || reply[9] != 1 || reply[20] != 0 {
+					t.Fatalf("read %d packets, %d bytes (proto %d, ICMP type %d); want the %d-byte echo reply",
+						n, len(reply), reply[9], reply[20], len(req))
+				}
+			}
+			step()
+			if allocs := testing.AllocsPerRun(200, step); allocs != 0 {
+				t.Errorf("Write+Read: %v allocations per echo, want 0", allocs)
+			}
+		})
+	}
 }
