@@ -326,16 +326,25 @@ func (t *offloadTUN) writeVnet(pieces [][]byte) error {
 }
 
 func (t *offloadTUN) writeOnce(fd uintptr) bool {
+	_, errno, done := rawCall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.iovs[0])), uintptr(t.niov))
+	t.werr = errno
+	return done
+}
+
+// rawCall makes a non-blocking system call with RawSyscall (doc.go says
+// why) for a syscall.RawConn callback: it retries on EINTR, and done is
+// false on EAGAIN, when the caller parks in the poller; otherwise errno is
+// the call's outcome.
+func rawCall(trap, a1, a2, a3 uintptr) (n uintptr, errno unix.Errno, done bool) {
 	for {
-		_, _, errno := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.iovs[0])), uintptr(t.niov))
-		switch errno {
+		r, _, e := unix.RawSyscall(trap, a1, a2, a3)
+		switch e {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false
+			return 0, 0, false
 		}
-		t.werr = errno
-		return true
+		return r, e, true
 	}
 }
 
@@ -357,17 +366,12 @@ func (t *offloadTUN) readVnet(buf []byte, wait bool) (int, error) {
 }
 
 func (t *offloadTUN) readOnce(fd uintptr) bool {
-	for {
-		n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&t.rbuf[0])), uintptr(len(t.rbuf)))
-		switch errno {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return !t.rwait // without wait, report "nothing queued"
-		}
-		t.rn, t.rerr = int(n), errno
-		return true
+	n, errno, done := rawCall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&t.rbuf[0])), uintptr(len(t.rbuf)))
+	if !done {
+		return !t.rwait // without wait, report "nothing queued"
 	}
+	t.rn, t.rerr = int(n), errno
+	return true
 }
 
 func (t *offloadTUN) poll(fd uintptr) {
@@ -462,31 +466,15 @@ func (t *plainTUN) rawCalls() {
 }
 
 func (t *plainTUN) readOnce(fd uintptr) bool {
-	for {
-		n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&t.rbuf[0])), uintptr(len(t.rbuf)))
-		switch errno {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false // park in the poller until readable
-		}
-		t.rn, t.rerr = int(n), errno
-		return true
-	}
+	n, errno, done := rawCall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&t.rbuf[0])), uintptr(len(t.rbuf)))
+	t.rn, t.rerr = int(n), errno
+	return done
 }
 
 func (t *plainTUN) writeOnce(fd uintptr) bool {
-	for {
-		_, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&t.wbuf[0])), uintptr(len(t.wbuf)))
-		switch errno {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		t.werr = errno
-		return true
-	}
+	_, errno, done := rawCall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&t.wbuf[0])), uintptr(len(t.wbuf)))
+	t.werr = errno
+	return done
 }
 
 // rawErr maps the outcome of a raw TUN call (call is "read", "write" or
