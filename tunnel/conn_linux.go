@@ -24,8 +24,8 @@ import (
 // and the calls go through syscall.RawConn so the runtime poller still parks
 // the goroutine while the socket is not ready.
 //
-// The pumps' four system calls (recvmmsg and sendmmsg here, the TUN's read
-// and writev in device_linux.go) are made with RawSyscall, which does not
+// The pumps' system calls (recvmmsg and sendmmsg here, the TUN's read,
+// write and writev in device_linux.go) are made with RawSyscall, which does not
 // tell the scheduler the goroutine entered the kernel. They never block:
 // the sockets and the TUN are non-blocking, and recvmmsg and sendmmsg say
 // MSG_DONTWAIT besides; "not ready" comes back as EAGAIN and parks the
@@ -35,8 +35,8 @@ import (
 // taken away and handed to another thread, which must be woken and then
 // goes back to sleep: measured with bin/overlay-bench --overlay-b (same
 // run, 5 interleaved repetitions), RawSyscall took the round trip p50 from
-// 204 to 88 µs, 64-byte packets from 79 k to 93 k/s, and the agents' CPU
-// during bulk TCP from 1.40 to 1.24 cores (tunnel/BENCHMARKS.md). A naive
+// 185 to 99 µs, 64-byte packets from 78 k to 93 k/s, and the agents' CPU
+// during bulk TCP from 1.39 to 1.26 cores (tunnel/BENCHMARKS.md). A naive
 // socket (UDPOptions.Naive) keeps the ordinary Syscall, as the floor it
 // stands for would.
 
