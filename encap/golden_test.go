@@ -13,15 +13,14 @@ import (
 )
 
 // The golden frames: two VXLAN frames captured between two nodes running
-// flannel's kernel vxlan backend. A copy of each (the whole outer Ethernet
-// frame, as hex) lives in testdata/ so the package test is self-contained;
-// TestGoldenSharedAgrees checks the copy against the originals in
-// ../../shared/testdata, which CI always has beside the repository.
+// flannel's kernel vxlan backend, kept in testdata/ as the capture tool
+// wrote them (testdata/README.md says how and where): the pcap is what the
+// tests decode and compare against; the tcpdump -XX text beside it is the
+// readable copy, and TestGoldenCaptureAgrees keeps the two identical.
 
 const (
-	sharedTestdata = "../../shared/testdata"
-	sharedTxt      = "flannel-vxlan-icmp.txt"
-	sharedPcap     = "flannel-vxlan-icmp.pcap"
+	captureTxt  = "flannel-vxlan-icmp.txt"
+	capturePcap = "flannel-vxlan-icmp.pcap"
 )
 
 var (
@@ -31,7 +30,7 @@ var (
 
 // goldenFrame describes one captured frame and what it must decode to.
 type goldenFrame struct {
-	file            string // in testdata/
+	name            string // for test names and messages
 	src, dst        MAC    // inner Ethernet source and destination (VtepMACs)
 	outerSrc        netip.Addr
 	outerDst        netip.Addr
@@ -46,7 +45,7 @@ type goldenFrame struct {
 
 var goldenFrames = []goldenFrame{
 	{
-		file: "flannel-vxlan-icmp-request.hex",
+		name: "echo-request",
 		src:  macNodeA, dst: macNodeB,
 		outerSrc: netip.MustParseAddr("172.30.250.11"), outerDst: netip.MustParseAddr("172.30.250.12"),
 		innerSrc: netip.MustParseAddr("10.244.30.2"), innerDst: netip.MustParseAddr("10.244.83.2"),
@@ -54,7 +53,7 @@ var goldenFrames = []goldenFrame{
 		outerSrcPort: 33909, outerDstPort: PortLinux,
 	},
 	{
-		file: "flannel-vxlan-icmp-reply.hex",
+		name: "echo-reply",
 		src:  macNodeB, dst: macNodeA,
 		outerSrc: netip.MustParseAddr("172.30.250.12"), outerDst: netip.MustParseAddr("172.30.250.11"),
 		innerSrc: netip.MustParseAddr("10.244.83.2"), innerDst: netip.MustParseAddr("10.244.30.2"),
@@ -63,26 +62,19 @@ var goldenFrames = []goldenFrame{
 	},
 }
 
-// readHexFile reads a testdata hex file: '#' comment lines, then hex digits
-// (whitespace ignored).
-func readHexFile(tb testing.TB, name string) []byte {
+// goldenEthernet returns the whole outer Ethernet frame of golden frame i,
+// as captured in the pcap.
+func goldenEthernet(tb testing.TB, i int) []byte {
 	tb.Helper()
-	text, err := os.ReadFile(filepath.Join("testdata", name))
+	data, err := os.ReadFile(filepath.Join("testdata", capturePcap))
 	if err != nil {
-		tb.Fatalf("read golden frame: %v", err)
+		tb.Fatalf("read the captured frames: %v", err)
 	}
-	var digits strings.Builder
-	for line := range strings.Lines(string(text)) {
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		digits.WriteString(strings.Join(strings.Fields(line), ""))
+	frames := parsePcap(tb, data)
+	if len(frames) != len(goldenFrames) {
+		tb.Fatalf("%s holds %d frames, want %d", capturePcap, len(frames), len(goldenFrames))
 	}
-	b, err := hex.DecodeString(digits.String())
-	if err != nil {
-		tb.Fatalf("%s: %v", name, err)
-	}
-	return b
+	return frames[i]
 }
 
 // outerUDPPayload checks the outer Ethernet, IPv4 and UDP headers of a
@@ -90,27 +82,27 @@ func readHexFile(tb testing.TB, name string) []byte {
 func outerUDPPayload(tb testing.TB, g goldenFrame, eth []byte) []byte {
 	tb.Helper()
 	if len(eth) < 14+20+8 {
-		tb.Fatalf("%s: %d bytes is too short for Ethernet+IPv4+UDP", g.file, len(eth))
+		tb.Fatalf("%s: %d bytes is too short for Ethernet+IPv4+UDP", g.name, len(eth))
 	}
 	if et := binary.BigEndian.Uint16(eth[12:14]); et != EtherTypeIPv4 {
-		tb.Fatalf("%s: outer EtherType %#04x, want IPv4", g.file, et)
+		tb.Fatalf("%s: outer EtherType %#04x, want IPv4", g.name, et)
 	}
 	ip := eth[14:]
 	ihl := int(ip[0]&0x0f) * 4
 	total := int(binary.BigEndian.Uint16(ip[2:4]))
 	if ip[0]>>4 != 4 || ihl != IPv4HeaderLen || ip[9] != 17 || total != len(ip) {
-		tb.Fatalf("%s: unexpected outer IPv4 header % x", g.file, ip[:20])
+		tb.Fatalf("%s: unexpected outer IPv4 header % x", g.name, ip[:20])
 	}
 	if s, d := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20])); s != g.outerSrc || d != g.outerDst {
-		tb.Fatalf("%s: outer %v > %v, want %v > %v", g.file, s, d, g.outerSrc, g.outerDst)
+		tb.Fatalf("%s: outer %v > %v, want %v > %v", g.name, s, d, g.outerSrc, g.outerDst)
 	}
 	udp := ip[ihl:]
 	sport, dport := binary.BigEndian.Uint16(udp[0:2]), binary.BigEndian.Uint16(udp[2:4])
 	if sport != g.outerSrcPort || dport != g.outerDstPort {
-		tb.Fatalf("%s: UDP ports %d > %d, want %d > %d", g.file, sport, dport, g.outerSrcPort, g.outerDstPort)
+		tb.Fatalf("%s: UDP ports %d > %d, want %d > %d", g.name, sport, dport, g.outerSrcPort, g.outerDstPort)
 	}
 	if ulen := int(binary.BigEndian.Uint16(udp[4:6])); ulen != len(udp) {
-		tb.Fatalf("%s: UDP length %d, datagram has %d bytes", g.file, ulen, len(udp))
+		tb.Fatalf("%s: UDP length %d, datagram has %d bytes", g.name, ulen, len(udp))
 	}
 	return udp[UDPHeaderLen:]
 }
@@ -119,7 +111,7 @@ func outerUDPPayload(tb testing.TB, g goldenFrame, eth []byte) []byte {
 func goldenPayload(tb testing.TB, i int) []byte {
 	tb.Helper()
 	g := goldenFrames[i]
-	return outerUDPPayload(tb, g, readHexFile(tb, g.file))
+	return outerUDPPayload(tb, g, goldenEthernet(tb, i))
 }
 
 // parseTcpdumpXX extracts the frames from `tcpdump -XX` output: runs of
@@ -190,31 +182,21 @@ func parsePcap(tb testing.TB, data []byte) [][]byte {
 	return pkts
 }
 
-// TestGoldenSharedAgrees checks that the frames copied into testdata/ are
-// exactly the captured ones in ../../shared/testdata, both in the tcpdump
-// text and in the pcap. A missing shared directory is a failure: CI always
-// checks out shared/ beside the repository.
-func TestGoldenSharedAgrees(t *testing.T) {
-	text, err := os.ReadFile(filepath.Join(sharedTestdata, sharedTxt))
+// TestGoldenCaptureAgrees checks that the tcpdump text in testdata/ shows
+// exactly the frames of the pcap, byte for byte, so the readable copy
+// cannot drift from the one the tests use.
+func TestGoldenCaptureAgrees(t *testing.T) {
+	text, err := os.ReadFile(filepath.Join("testdata", captureTxt))
 	if err != nil {
-		t.Fatalf("the captured frames must be beside the repository: %v", err)
+		t.Fatal(err)
 	}
-	pcap, err := os.ReadFile(filepath.Join(sharedTestdata, sharedPcap))
-	if err != nil {
-		t.Fatalf("the captured frames must be beside the repository: %v", err)
+	fromText := parseTcpdumpXX(t, string(text))
+	if len(fromText) != len(goldenFrames) {
+		t.Fatalf("%s holds %d frames, want %d", captureTxt, len(fromText), len(goldenFrames))
 	}
-	sources := map[string][][]byte{
-		sharedTxt:  parseTcpdumpXX(t, string(text)),
-		sharedPcap: parsePcap(t, pcap),
-	}
-	for name, frames := range sources {
-		if len(frames) != len(goldenFrames) {
-			t.Fatalf("%s holds %d frames, want %d", name, len(frames), len(goldenFrames))
-		}
-		for i, g := range goldenFrames {
-			if want := readHexFile(t, g.file); !bytes.Equal(frames[i], want) {
-				t.Errorf("frame %d of %s differs from testdata/%s:\n got %x\nwant %x", i+1, name, g.file, frames[i], want)
-			}
+	for i, g := range goldenFrames {
+		if want := goldenEthernet(t, i); !bytes.Equal(fromText[i], want) {
+			t.Errorf("%s: frame %d of %s differs from %s:\n got %x\nwant %x", g.name, i+1, captureTxt, capturePcap, fromText[i], want)
 		}
 	}
 }
@@ -234,7 +216,7 @@ func checkAliases(tb testing.TB, pkt, frame []byte) {
 
 func TestGoldenDecap(t *testing.T) {
 	for i, g := range goldenFrames {
-		t.Run(g.file, func(t *testing.T) {
+		t.Run(g.name, func(t *testing.T) {
 			frame := goldenPayload(t, i)
 			pkt, err := Decap(frame, 1, g.dst)
 			if err != nil {
@@ -280,7 +262,7 @@ func TestGoldenParseHeader(t *testing.T) {
 		}
 		want := Header{Flags: 0x08, VNI: 1, Dst: g.dst, Src: g.src, EtherType: EtherTypeIPv4}
 		if h != want {
-			t.Errorf("%s: ParseHeader = %+v, want %+v", g.file, h, want)
+			t.Errorf("%s: ParseHeader = %+v, want %+v", g.name, h, want)
 		}
 	}
 }
@@ -289,7 +271,7 @@ func TestGoldenParseHeader(t *testing.T) {
 // VNI and MACs and requires the captured VXLAN frame byte for byte.
 func TestGoldenReencap(t *testing.T) {
 	for i, g := range goldenFrames {
-		t.Run(g.file, func(t *testing.T) {
+		t.Run(g.name, func(t *testing.T) {
 			frame := goldenPayload(t, i)
 			inner := frame[Headroom:]
 			buf := make([]byte, Headroom+len(inner))
@@ -314,11 +296,11 @@ func TestGoldenReencap(t *testing.T) {
 // TestGoldenOverhead checks the derived sizes against the captured frames:
 // outer IPv4 total length minus the inner packet is exactly OverheadIPv4.
 func TestGoldenOverhead(t *testing.T) {
-	for _, g := range goldenFrames {
-		eth := readHexFile(t, g.file)
+	for i, g := range goldenFrames {
+		eth := goldenEthernet(t, i)
 		outerTotal := int(binary.BigEndian.Uint16(eth[14+2:]))
 		if got := outerTotal - g.innerLen; got != OverheadIPv4 {
-			t.Errorf("%s: outer IPv4 length %d - inner %d = %d, want OverheadIPv4 = %d", g.file, outerTotal, g.innerLen, got, OverheadIPv4)
+			t.Errorf("%s: outer IPv4 length %d - inner %d = %d, want OverheadIPv4 = %d", g.name, outerTotal, g.innerLen, got, OverheadIPv4)
 		}
 	}
 }
