@@ -77,25 +77,12 @@ func checkEnv() error {
 // buildBinary builds ./cmd/overlay into a temporary directory, unless
 // OVERLAY_BIN names a prebuilt binary.
 func buildBinary() (tmp, bin string, err error) {
-	if b := os.Getenv("OVERLAY_BIN"); b != "" {
-		abs, err := filepath.Abs(b)
-		return "", abs, err
-	}
 	tmp, err = os.MkdirTemp("", prefix+"bin-")
 	if err != nil {
 		return "", "", err
 	}
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		return tmp, "", fmt.Errorf("no go command to build the overlay binary (set OVERLAY_BIN): %w", err)
-	}
-	bin = filepath.Join(tmp, "overlay")
-	cmd := exec.Command(gobin, "build", "-o", bin, "overlay/cmd/overlay")
-	cmd.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return tmp, "", fmt.Errorf("go build overlay/cmd/overlay: %v\n%s", err, out)
-	}
-	return tmp, bin, nil
+	bin, err = cluster.BuildOverlay(tmp)
+	return tmp, bin, err
 }
 
 // handleSignals tears down every live cluster on SIGINT or SIGTERM and

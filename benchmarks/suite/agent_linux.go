@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -68,23 +67,14 @@ type etcdServer struct {
 func startEtcd(ctx context.Context, cfg Config, work string, undo *undoStack) (*etcdServer, error) {
 	a := nodes[0]
 	endpoint := "http://" + netip.AddrPortFrom(a.underlay.Addr(), etcdPort).String()
-	var argv []string
-	switch {
-	case cfg.EtcdBin != "":
+	argv := []string{cfg.OverlayBin, "etcd"}
+	if cfg.EtcdBin != "" {
 		argv = []string{cfg.EtcdBin}
-	case hasCommand(ctx, cfg.OverlayBin, "etcd"):
-		argv = []string{cfg.OverlayBin, "etcd"}
-	default:
-		p, err := exec.LookPath("etcd")
-		if err != nil {
-			return nil, fmt.Errorf("no etcd: %s has no `etcd` command and etcd is not installed "+
-				"(apt-get install -y --no-install-recommends etcd-server, or pass --etcd): %w", cfg.OverlayBin, err)
-		}
-		argv = []string{p}
 	}
 	desc := strings.Join(argv, " ")
 	// The member name "default" matches etcd's default --initial-cluster,
-	// so Debian's etcd needs no more flags than `overlay etcd` takes.
+	// so an etcd server passed with --etcd needs no more flags than
+	// `overlay etcd` takes.
 	argv = append(argv, "--name", "default", "--data-dir", filepath.Join(work, "etcd"),
 		"--listen-client-urls", endpoint, "--advertise-client-urls", endpoint)
 	proc, err := startProcess("etcd", a.ns, filepath.Join(work, "etcd.log"), argv...)

@@ -140,9 +140,9 @@ type Config struct {
 	// OverlayBinB is the agent of path overlay-b: another build of
 	// `overlay`, measured against OverlayBin in the same run.
 	OverlayBinB string
-	// EtcdBin is the etcd server for the agent paths. Empty means
-	// `<OverlayBin> etcd` when the binary has that command, else
-	// /usr/bin/etcd (Debian package etcd-server).
+	// EtcdBin is another etcd server for the agent paths, taking etcd's
+	// own flags. Empty means `<OverlayBin> etcd`, so no etcd need be
+	// installed.
 	EtcdBin string
 	// TUNDriver, when set, is passed to the default overlay path as
 	// --tun-driver (auto, offload or plain).

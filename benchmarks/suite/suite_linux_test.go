@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"overlay/e2e/cluster"
 )
 
 // requireNetns skips the test unless it runs as root on a machine with
@@ -244,14 +246,9 @@ func TestQuickSuiteTests(t *testing.T) {
 // are tested against the agent of the same commit.
 func buildOverlay(t *testing.T) string {
 	t.Helper()
-	goBin, err := exec.LookPath("go")
+	bin, err := cluster.BuildOverlay(t.TempDir())
 	if err != nil {
-		t.Skip("needs the go command to build ./cmd/overlay")
-	}
-	bin := filepath.Join(t.TempDir(), "overlay")
-	cmd := exec.Command(goBin, "build", "-o", bin, "overlay/cmd/overlay")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build overlay/cmd/overlay: %v\n%s", err, out)
+		t.Fatal(err)
 	}
 	return bin
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,11 +25,9 @@ func TestAgentPingCrosses(t *testing.T) {
 			t.Skipf("needs %s (apt-get install iproute2 iputils-ping)", tool)
 		}
 	}
-	bin := filepath.Join(t.TempDir(), "overlay")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bin, err := cluster.BuildOverlay(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

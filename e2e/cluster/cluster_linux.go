@@ -41,7 +41,6 @@ type Cluster struct {
 	nextNode int
 	etcd     *proc
 	etcdBin  []string // binary and leading args ("overlay", "etcd")
-	hasCmd   map[string]bool
 	closed   bool
 	closeErr error
 }
@@ -53,6 +52,9 @@ func New(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := validPrefix(opts.Prefix); err != nil {
 		return nil, err
 	}
+	if opts.Binary == "" {
+		return nil, errors.New("cluster: Options.Binary is required: the overlay binary runs etcd (`overlay etcd`) and the agents")
+	}
 	if st, err := os.Stat(opts.WorkDir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("cluster work dir %q: not a directory (%v)", opts.WorkDir, err)
 	}
@@ -61,7 +63,6 @@ func New(ctx context.Context, opts Options) (c *Cluster, err error) {
 		etcdPrefix: strings.TrimSuffix(opts.EtcdPrefix, "/"),
 		log:        opts.Log,
 		bridge:     opts.Prefix + "br",
-		hasCmd:     map[string]bool{},
 		nextNode:   1,
 	}
 	if c.etcdPrefix == "" {
@@ -180,34 +181,13 @@ func (c *Cluster) Pods() []*Pod {
 	return pods
 }
 
-// HasCommand reports whether the overlay binary has the named command
-// (`overlay <name> --help` succeeds). Results are cached.
-func (c *Cluster) HasCommand(name string) bool {
-	if c.opts.Binary == "" {
-		return false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ok, seen := c.hasCmd[name]
-	if !seen {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		ok = command(ctx, c.opts.Binary, name, "--help").Run() == nil
-		c.hasCmd[name] = ok
-	}
-	return ok
-}
-
 // etcdCommand picks the etcd server: Options.EtcdBinary, else `overlay
-// etcd` when the binary has it, else Debian's etcd.
+// etcd`.
 func (c *Cluster) etcdCommand() []string {
-	switch {
-	case c.opts.EtcdBinary != "":
+	if c.opts.EtcdBinary != "" {
 		return []string{c.opts.EtcdBinary}
-	case c.HasCommand("etcd"):
-		return []string{c.opts.Binary, "etcd"}
 	}
-	return []string{DebianEtcd}
+	return []string{c.opts.Binary, "etcd"}
 }
 
 // EtcdServer is the command line that runs etcd (binary and leading args).
@@ -333,9 +313,6 @@ func (c *Cluster) Lease(ctx context.Context, subnet netip.Prefix) (Lease, error)
 // (the arguments before the first one that starts with "-" or is not a
 // lowercase word).
 func (c *Cluster) CLI(ctx context.Context, args ...string) ([]byte, error) {
-	if c.opts.Binary == "" {
-		return nil, errors.New("cluster has no overlay binary")
-	}
 	n := 0
 	for n < len(args) && isCommandWord(args[n]) && n < 2 {
 		n++
@@ -356,22 +333,11 @@ func isCommandWord(s string) bool {
 	return true
 }
 
-// DeleteLease deletes a subnet lease the way an operator would: with
-// `overlay leases delete` when the binary has it, else with an etcd delete.
+// DeleteLease deletes a subnet lease the way an operator would, with
+// `overlay leases delete` (which also revokes its etcd lease).
 func (c *Cluster) DeleteLease(ctx context.Context, subnet netip.Prefix) error {
-	if c.HasCommand("leases") {
-		_, err := c.CLI(ctx, "leases", "delete", subnet.String())
-		return err
-	}
-	key := SubnetKey(c.etcdPrefix, subnet)
-	resp, err := c.client.Delete(ctx, key)
-	if err != nil {
-		return fmt.Errorf("delete %s: %w", key, err)
-	}
-	if resp.Deleted == 0 {
-		return fmt.Errorf("delete %s: %w", key, os.ErrNotExist)
-	}
-	return nil
+	_, err := c.CLI(ctx, "leases", "delete", subnet.String())
+	return err
 }
 
 // SendUDP sends each payload as one datagram from the hub's underlay
@@ -406,9 +372,6 @@ func (c *Cluster) AddNode(ctx context.Context, opts NodeOptions) (n *Node, err e
 	}
 	if opts.Pods < 0 || opts.Pods > 8 {
 		return nil, fmt.Errorf("node pods %d: want 1 to 8", opts.Pods)
-	}
-	if opts.Kind == Agent && c.opts.Binary == "" {
-		return nil, errors.New("agent node: cluster has no overlay binary")
 	}
 	if opts.Rootless != nil && opts.Kind != Agent {
 		return nil, errors.New("rootless applies to agent nodes only")

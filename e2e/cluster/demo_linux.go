@@ -35,15 +35,15 @@ const demoIperfPort = 5201
 // down, also when ctx is cancelled (Ctrl-C). Progress goes to w, one line
 // per step. It needs root.
 func Demo(ctx context.Context, w io.Writer, opts DemoOptions) error {
-	if opts.Binary == "" {
-		return errors.New("demo: no overlay binary")
-	}
 	return runDemo(ctx, w, opts, Agent)
 }
 
 // runDemo is Demo with the nodes' kind as a parameter, so the harness's own
 // tests can run the whole demo on emulated kernel flannel nodes.
 func runDemo(ctx context.Context, w io.Writer, opts DemoOptions, kind NodeKind) (err error) {
+	if opts.Binary == "" {
+		return errors.New("demo: no overlay binary (it runs etcd and the agents)")
+	}
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
 	}

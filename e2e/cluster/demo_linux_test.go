@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -11,15 +12,47 @@ import (
 	"time"
 )
 
+// overlayBin is the overlay binary the harness's own clusters run (`overlay
+// etcd` even where every node is an emulated kernel node), built once by
+// TestMain when the namespace tests can run.
+var overlayBin string
+
+func TestMain(m *testing.M) {
+	var tmp string
+	if namespaceSkip() == "" {
+		var err error
+		if tmp, err = os.MkdirTemp("", "ovl-cluster-bin-"); err == nil {
+			overlayBin, err = BuildOverlay(tmp)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "cluster tests: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	if tmp != "" {
+		os.RemoveAll(tmp)
+	}
+	os.Exit(code)
+}
+
+// namespaceSkip says why the namespace tests cannot run here, or "".
+func namespaceSkip() string {
+	if os.Geteuid() != 0 {
+		return "skipping: needs root for network namespaces"
+	}
+	if err := exec.Command("ip", "netns", "list").Run(); err != nil {
+		return fmt.Sprintf("skipping: `ip netns` does not work here: %v", err)
+	}
+	return ""
+}
+
 // requireRoot skips a test that needs network namespaces when it cannot
 // have them.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root for network namespaces")
-	}
-	if err := exec.Command("ip", "netns", "list").Run(); err != nil {
-		t.Skipf("skipping: `ip netns` does not work here: %v", err)
+	if why := namespaceSkip(); why != "" {
+		t.Skip(why)
 	}
 }
 
@@ -35,7 +68,7 @@ func TestDemoOnKernelNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	err := runDemo(ctx, &out, DemoOptions{Prefix: prefix, Nodes: 3, Throughput: 2 * time.Second}, KernelFlannel)
+	err := runDemo(ctx, &out, DemoOptions{Binary: overlayBin, Prefix: prefix, Nodes: 3, Throughput: 2 * time.Second}, KernelFlannel)
 	t.Logf("demo output:\n%s", out.String())
 	if err != nil {
 		t.Fatalf("demo: %v", err)
@@ -72,7 +105,7 @@ func TestDemoInterrupted(t *testing.T) {
 	var out syncBuffer
 	errc := make(chan error, 1)
 	go func() {
-		errc <- runDemo(ctx, &out, DemoOptions{Prefix: prefix, Nodes: 3}, KernelFlannel)
+		errc <- runDemo(ctx, &out, DemoOptions{Binary: overlayBin, Prefix: prefix, Nodes: 3}, KernelFlannel)
 	}()
 	// Cancel once the first node is up.
 	deadline := time.Now().Add(time.Minute)

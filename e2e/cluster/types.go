@@ -36,9 +36,6 @@ const (
 	VXLANPort = 8472
 	// UnderlayMTU is the MTU of every underlay link.
 	UnderlayMTU = 1500
-	// DebianEtcd is the etcd server used when the overlay binary has no
-	// `etcd` command.
-	DebianEtcd = "/usr/bin/etcd"
 )
 
 // EtcdEndpoint is the client URL of the cluster's etcd, as agents see it.
@@ -53,18 +50,18 @@ func NodeUnderlayIP(i int) netip.Addr {
 	return netip.AddrFrom4(a)
 }
 
-// Options configure a [Cluster]. The zero value is not usable: Prefix and
-// WorkDir are required, and Binary is required for [Agent] nodes and for
-// running etcd through `overlay etcd`.
+// Options configure a [Cluster]. The zero value is not usable: Prefix,
+// Binary and WorkDir are required.
 type Options struct {
 	// Prefix starts the name of every namespace and link, e.g. "ovl-e2e-".
 	// At most 9 bytes, so that link names fit IFNAMSIZ.
 	Prefix string
 	// Binary is the overlay binary: `overlay up` for agent nodes, `overlay
-	// etcd` when it has that command, `overlay leases`/`config` for the CLI.
+	// etcd` for every cluster's etcd (so no etcd need be installed),
+	// `overlay leases`/`config` for the CLI. [BuildOverlay] makes one.
 	Binary string
-	// EtcdBinary is the etcd server to run. Empty means Binary when it has an
-	// `etcd` command, else DebianEtcd.
+	// EtcdBinary is another etcd server to run instead of `overlay etcd`,
+	// taking etcd's own flags; empty means `<Binary> etcd`.
 	EtcdBinary string
 	// WorkDir holds etcd's data, node logs and subnet.env files. It must
 	// exist; the harness never removes it.
@@ -363,8 +360,7 @@ type DemoOptions struct {
 	// Binary is the overlay binary (normally os.Executable()); it runs etcd
 	// (`overlay etcd`) and the agents. Required.
 	Binary string
-	// EtcdBinary overrides the etcd server; empty means `overlay etcd`
-	// (Debian's etcd if the binary has no etcd command).
+	// EtcdBinary overrides the etcd server; empty means `<Binary> etcd`.
 	EtcdBinary string
 	// Nodes is the number of nodes; 0 means 3.
 	Nodes int

@@ -66,7 +66,7 @@ func run(args []string) int {
 		quick     = fs.Bool("quick", false, "smoke run: 1 s per test, 1 repetition (overrides --reps and --duration)")
 		overlay   = fs.String("overlay", "bin/overlay", "the overlay binary (make build)")
 		overlayB  = fs.String("overlay-b", "", "a second overlay binary, measured as path overlay-b in the same run (adds it to --paths): an A/B comparison of two builds")
-		etcd      = fs.String("etcd", "", "etcd server for the agent paths (default: the overlay binary's etcd command, else /usr/bin/etcd)")
+		etcd      = fs.String("etcd", "", "another etcd server for the agent paths (default: the overlay binary's own etcd command)")
 		tunDriver = fs.String("tun-driver", "", "--tun-driver for the default overlay path (auto, offload, plain; default: the agent's)")
 		out       = fs.String("out", "", "results directory (default benchmarks/results/<UTC time> in a source tree, else overlay-bench-<UTC time>)")
 		install   = fs.Bool("install", true, "install missing iperf3/sockperf with apt-get")
