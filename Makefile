@@ -10,25 +10,49 @@ VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo d
 BIN        := bin/overlay
 PKGS       := ./...
 
-.PHONY: all build test race check fmt vet staticcheck deps sysdeps demo e2e bench bench-go bench-quick fuzz clean bench-go-once
+.PHONY: all build test race check fmt tidy vet staticcheck deps sysdeps toolpath demo e2e bench bench-go bench-quick fuzz clean bench-go-once
 
 all: build
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/overlay
 
-# Debian packages the demo, the tests and the benchmark suite use; installed
-# only when missing, and only as root on a Debian-like system.
+# The programs the demo, the tests and the benchmark suite run, as
+# debian-package:command pairs; `make sysdeps` installs the missing ones (as
+# root on a Debian-like system). This list is the whole truth: `make check`
+# runs the test binaries with only these commands (and go) on PATH, so a
+# test that runs anything else fails instead of passing on a machine that
+# happens to have it.
+SYSDEPS := iproute2:ip iproute2:bridge iproute2:ss iputils-ping:ping \
+	iperf3:iperf3 sockperf:sockperf tcpdump:tcpdump kmod:modprobe \
+	procps:ps nftables:nft iptables:iptables \
+	util-linux:setpriv util-linux:unshare util-linux:nsenter \
+	coreutils:sleep coreutils:true
+# The directory of symlinks that is the tests' whole PATH.
+TOOLPATH := $(CURDIR)/bin/toolpath
+
 sysdeps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  need=""; \
-	  for p in iproute2:ip iputils-ping:ping iperf3:iperf3 sockperf:sockperf tcpdump:tcpdump kmod:modprobe procps:ps nftables:nft iptables:iptables; do \
-	    command -v $${p#*:} >/dev/null || need="$$need $${p%%:*}"; \
-	  done; \
-	  if [ -n "$$need" ]; then \
+	@need=""; \
+	for p in $(SYSDEPS); do \
+	  type -P $${p#*:} >/dev/null || need="$$need $${p%%:*}"; \
+	done; \
+	need=$$(echo $$need | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ -n "$${need// }" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing: $$need"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need; \
+	  else \
+	    echo "missing Debian packages: $$need(run: sudo make sysdeps)"; \
 	  fi; \
 	fi
+
+# toolpath links every SYSDEPS command (and the go command) into TOOLPATH.
+toolpath: sysdeps
+	@rm -rf $(TOOLPATH) && mkdir -p $(TOOLPATH) && \
+	for p in $(SYSDEPS) go:$(GO); do \
+	  c=$${p#*:}; path=$$(type -P $$c) || { echo "toolpath: $$c (Debian package $${p%%:*}) is not installed: run sudo make deps"; exit 1; }; \
+	  ln -sf "$$path" $(TOOLPATH)/$$(basename $$c); \
+	done
 
 # sysdeps plus the Go tools `make check` runs.
 deps: sysdeps
@@ -46,18 +70,32 @@ vet:
 staticcheck:
 	$(STATICCHECK) $(PKGS)
 
-test:
-	$(GO) test $(PKGS)
+# The test binaries run with PATH=$(TOOLPATH): only what SYSDEPS declares.
+TESTEXEC := -exec "env PATH=$(TOOLPATH)"
 
-# The race detector over every package, root tests included when run as root.
-race:
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+test: toolpath
+	$(GO) test $(TESTEXEC) $(PKGS)
 
-check: fmt vet staticcheck race bench-go-once
+# The race detector over every package, root tests included when run as
+# root; the whole verbose log stays in test.log. As root every test must
+# run: a skip means a program SYSDEPS lacks or a kernel feature this
+# machine lacks, and fails the target unless ALLOW_SKIP=1.
+race: toolpath
+	@set -o pipefail; $(GO) test $(TESTEXEC) -race -count=1 -timeout 20m -v $(PKGS) 2>&1 | tee test.log | \
+	  grep -E --line-buffered '^(ok|FAIL|panic:)|--- (FAIL|SKIP)'
+	@if [ "$$(id -u)" = 0 ] && [ -z "$(ALLOW_SKIP)" ] && grep -q -- '--- SKIP' test.log; then \
+	  echo "tests were skipped as root (ALLOW_SKIP=1 accepts it):"; grep -B1 -- '--- SKIP' test.log; exit 1; \
+	fi
+
+check: fmt tidy vet staticcheck race bench-go-once
+
+# go.mod and go.sum are exactly what go mod tidy makes.
+tidy:
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy; it would change:"; $(GO) mod tidy -diff; exit 1; }
 
 # Every Go benchmark once, so none of them rots; figures are not judged here.
-bench-go-once:
-	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS)
+bench-go-once: toolpath
+	$(GO) test $(TESTEXEC) -run '^$$' -bench . -benchtime 1x $(PKGS)
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 $(PKGS) | tee bench-go.txt
@@ -91,4 +129,4 @@ demo: build sysdeps
 	$(BIN) demo
 
 clean:
-	rm -rf bin bench-go.txt
+	rm -rf bin bench-go.txt test.log e2e.log
