@@ -67,7 +67,7 @@ vet:
 	$(GO) vet $(PKGS)
 	GOOS=darwin $(GO) build $(PKGS)
 
-staticcheck:
+staticcheck: deps
 	$(STATICCHECK) $(PKGS)
 
 # The test binaries run with PATH=$(TOOLPATH): only what SYSDEPS declares.
@@ -87,7 +87,7 @@ race: toolpath
 	  echo "tests were skipped as root (ALLOW_SKIP=1 accepts it):"; grep -B1 -- '--- SKIP' test.log; exit 1; \
 	fi
 
-check: fmt tidy vet staticcheck race bench-go-once
+check: deps fmt tidy vet staticcheck race bench-go-once
 
 # go.mod and go.sum are exactly what go mod tidy makes.
 tidy:
