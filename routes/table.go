@@ -23,7 +23,13 @@ type Peer struct {
 	IPv6Subnet netip.Prefix
 	// Endpoint is the node's underlay address (the lease's PublicIP or
 	// PublicIPv6) and VXLAN port. Port 0 means the datapath's default port.
+	// Frames from the node are expected from Endpoint's address (any
+	// port): see Source.
 	Endpoint netip.AddrPort
+	// PublicIPv6 is the lease's IPv6 underlay address when Endpoint holds
+	// its IPv4 one (dual-stack underlay), else the zero Addr: frames from
+	// the node may come from it too.
+	PublicIPv6 netip.Addr
 	// MAC is the node's VtepMAC, written as the inner destination MAC.
 	MAC encap.MAC
 }
@@ -90,6 +96,10 @@ type Route struct {
 	// Counters are the peer's traffic counters, shared by both routes of a
 	// dual-stack peer and carried over across updates; nil when Local.
 	Counters *Counters
+
+	// owner numbers the peer within its snapshot, from 1; 0 when Local.
+	// Source.Owns compares it.
+	owner uint32
 }
 
 // Snapshot is an immutable peer table. The zero value is an empty table.
@@ -100,6 +110,7 @@ type Snapshot struct {
 	v6    []table6
 	local []netip.Prefix
 	peers []*Route // one per peer, sorted by key, for listing
+	src   sources  // who may send, for the datapath's source checks
 }
 
 type table4 struct {
@@ -269,6 +280,7 @@ func (t *Table) Update(local []netip.Prefix, peers []Peer) error {
 		b.add(&Route{Prefix: p, Local: true})
 	}
 	var errs []error
+	s.src = newSources()
 	for _, p := range peers {
 		if err := b.checkPeer(p, s.local); err != nil {
 			errs = append(errs, err)
@@ -279,12 +291,14 @@ func (t *Table) Update(local []netip.Prefix, peers []Peer) error {
 		if c == nil {
 			c = new(Counters)
 		}
+		owner := uint32(len(s.peers) + 1)
+		s.src.add(owner, p)
 		var first *Route
 		for _, pfx := range []netip.Prefix{p.Subnet, p.IPv6Subnet} {
 			if !pfx.IsValid() {
 				continue
 			}
-			r := &Route{Prefix: pfx, Peer: p, Counters: c}
+			r := &Route{Prefix: pfx, Peer: p, Counters: c, owner: owner}
 			b.add(r)
 			if first == nil {
 				first = r
@@ -366,6 +380,9 @@ func (b *builder) checkPeer(p Peer, local []netip.Prefix) error {
 	}
 	if !p.Endpoint.Addr().IsValid() || p.Endpoint.Addr().IsUnspecified() {
 		return fmt.Errorf("%w: subnet %v has invalid endpoint %v", ErrInvalidPeer, p.key(), p.Endpoint)
+	}
+	if a := p.PublicIPv6; a.IsValid() && (!a.Is6() || a.Is4In6() || a.IsUnspecified()) {
+		return fmt.Errorf("%w: subnet %v has invalid PublicIPv6 %v", ErrInvalidPeer, p.key(), a)
 	}
 	for _, pfx := range []netip.Prefix{p.Subnet, p.IPv6Subnet} {
 		if !pfx.IsValid() {

@@ -24,7 +24,7 @@ func BenchmarkPumpsFake(b *testing.B) {
 				conn := tunneltest.NewNetwork().Listen(addrA, tunneltest.ConnOptions{GSO: batch > 1, GRO: batch > 1, Discard: true, Queue: 4096})
 				start(b, dev, conn, tableA(b), macA, 1450)
 				out := udp4("10.244.1.5", "10.244.2.7", 1000, 2000, 1400, true)
-				in := tunneltest.Datagram{Data: frame(udp4("10.244.2.7", "10.244.1.5", 2000, 1000, 1400, true), vni, macA, macB)}
+				in := tunneltest.Datagram{Data: frame(udp4("10.244.2.7", "10.244.1.5", 2000, 1000, 1400, true), vni, macA, macB), Src: addrB}
 				done := func() uint64 { return conn.Frames() }
 				if dir == "in" {
 					done = dev.WrittenPackets

@@ -137,6 +137,11 @@ func (p *inPump) decapAll(n int, handle func(frame, pkt []byte) bool) bool {
 		if seg <= 0 {
 			seg = len(data)
 		}
+		from, ok := t.check.outer(snap, m.Addr.Addr())
+		if !ok {
+			t.in.drops[DropUnknownSource].Add(uint64((len(data) + seg - 1) / seg))
+			continue
+		}
 		for off := 0; off < len(data); off += seg {
 			frame := data[off:min(off+seg, len(data))]
 			pkt, err := encap.Decap(frame, t.vni, t.mac)
@@ -144,7 +149,9 @@ func (p *inPump) decapAll(n int, handle func(frame, pkt []byte) bool) bool {
 				t.in.drops[decapReason(err)].Add(1)
 				continue
 			}
-			p.account(snap, pkt)
+			if !p.admit(snap, from, frame, pkt) {
+				continue
+			}
 			if !handle(frame, pkt) {
 				return false
 			}
@@ -274,17 +281,18 @@ func (p *inPump) wrote(n, bytes int, err error) bool {
 	return true
 }
 
-// account attributes pkt to the peer owning its inner source address.
-func (p *inPump) account(snap *routes.Snapshot, pkt []byte) {
-	var r *routes.Route
-	if pkt[0]>>4 == 4 {
-		r = snap.Lookup4([4]byte(pkt[12:16]))
-	} else {
-		r = snap.Lookup6([16]byte(pkt[8:24]))
+// admit makes the inner source check on pkt, sent by from, and attributes
+// it to the peer owning its source address; it returns false when pkt is
+// dropped (and counted).
+func (p *inPump) admit(snap *routes.Snapshot, from *routes.Source, frame, pkt []byte) bool {
+	r, reason, ok := p.t.check.inner(snap, from, frame, pkt)
+	if !ok {
+		p.t.in.drops[reason].Add(1)
+		return false
 	}
-	if r == nil || r.Local {
-		p.t.in.unknown.Add(1)
-		return
+	if r == nil {
+		p.t.in.unattributed.Add(1)
+		return true
 	}
 	if r != p.cur {
 		p.settle()
@@ -292,6 +300,7 @@ func (p *inPump) account(snap *routes.Snapshot, pkt []byte) {
 	}
 	p.curN++
 	p.curB += uint64(len(pkt))
+	return true
 }
 
 // settle adds the accumulated run to its peer's counters.

@@ -429,8 +429,8 @@ func TestNamespaceKernelVXLAN(t *testing.T) {
 					t.Errorf("%d inbound drops (%v) from the kernel VTEP", n, r)
 				}
 			}
-			if ps := ta.Stats(); ps.In.UnknownSource != 0 {
-				t.Errorf("%d packets from the kernel VTEP not attributed to it", ps.In.UnknownSource)
+			if ps := ta.Stats(); ps.In.Unattributed != 0 {
+				t.Errorf("%d packets from the kernel VTEP not attributed to it", ps.In.Unattributed)
 			}
 		})
 	}

@@ -132,6 +132,7 @@ func (c *sgConn) ReadBatch(msgs []ReadMessage) (int, error) {
 		msgs[0].N = copy(msgs[0].Buf, s.data)
 		msgs[0].Segment = s.seg
 		msgs[0].Truncated = false
+		msgs[0].Addr = sgAddrB // every slot comes from peer B
 		return 1, nil
 	case <-c.closed:
 		return 0, net.ErrClosed
@@ -182,8 +183,9 @@ func (c *sgConn) Close() error {
 }
 
 var (
-	sgMacA = encap.MAC{2, 0, 0, 0, 0, 0xa}
-	sgMacB = encap.MAC{2, 0, 0, 0, 0, 0xb}
+	sgMacA  = encap.MAC{2, 0, 0, 0, 0, 0xa}
+	sgMacB  = encap.MAC{2, 0, 0, 0, 0, 0xb}
+	sgAddrB = netip.MustParseAddrPort("172.30.250.2:8472")
 )
 
 // startSG runs a tunnel (node A, peer B at 10.244.2.0/24) over the fakes.
@@ -192,7 +194,7 @@ func startSG(t *testing.T, dev *sgDevice, conn *sgConn) *Tunnel {
 	var table routes.Table
 	err := table.Update([]netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, []routes.Peer{{
 		Subnet:   netip.MustParsePrefix("10.244.2.0/24"),
-		Endpoint: netip.MustParseAddrPort("172.30.250.2:8472"),
+		Endpoint: sgAddrB,
 		MAC:      sgMacB,
 	}})
 	if err != nil {

@@ -49,6 +49,13 @@ const (
 	DropTruncated
 	// DropWrite: writing to the TUN failed.
 	DropWrite
+	// DropUnknownSource: the sender holds no current lease (by the outer
+	// source address, or by the inner source MAC under SourceCheckNAT).
+	// Counted per datagram, before any parsing.
+	DropUnknownSource
+	// DropSpoofedSource: the inner source address is not routed to the
+	// peer that sent the packet (see SourceCheck).
+	DropSpoofedSource
 
 	numDropReasons
 )
@@ -69,6 +76,9 @@ var dropNames = [numDropReasons]string{
 	DropTruncatedIP: "truncated_ip",
 	DropTruncated:   "truncated",
 	DropWrite:       "write_error",
+
+	DropUnknownSource: "unknown_source",
+	DropSpoofedSource: "spoofed_source",
 }
 
 // String returns the reason as a metrics label value ("no_route").
@@ -83,7 +93,7 @@ func (r DropReason) String() string {
 // order, for exporters that want every series present from the start.
 var (
 	OutDropReasons = []DropReason{DropNoRoute, DropLoop, DropTooBig, DropMalformed, DropSend}
-	InDropReasons  = []DropReason{DropTooBig, DropMalformed, DropShort, DropNoIFlag, DropWrongVNI, DropNotOurMAC, DropARP, DropEtherType, DropVersion, DropTruncatedIP, DropTruncated, DropWrite}
+	InDropReasons  = []DropReason{DropTooBig, DropMalformed, DropShort, DropNoIFlag, DropWrongVNI, DropNotOurMAC, DropARP, DropEtherType, DropVersion, DropTruncatedIP, DropTruncated, DropWrite, DropUnknownSource, DropSpoofedSource}
 )
 
 // Stats is a reading of a Tunnel's counters.
@@ -99,6 +109,8 @@ type Stats struct {
 	BatchSize int
 	// Naive reports the naive mode (one packet per system call).
 	Naive bool
+	// SourceCheck is the check on received frames' senders.
+	SourceCheck SourceCheck
 	// Out counts packets from the TUN to peers, In from peers to the TUN.
 	Out, In DirStats
 }
@@ -115,9 +127,10 @@ type DirStats struct {
 	// Drops counts dropped packets by reason; every reason of the
 	// direction is present.
 	Drops map[DropReason]uint64
-	// UnknownSource counts (in only) packets whose inner source address no
-	// lease covers; they are delivered, but no peer's counters see them.
-	UnknownSource uint64
+	// Unattributed counts (in only) packets delivered whose inner source
+	// address no peer's subnet covers, so no peer's counters see them;
+	// only SourceCheckOff lets such packets through.
+	Unattributed uint64
 	// PartialChecksums counts (in only) packets whose inner transport
 	// checksum arrived unfinished from a kernel VTEP on a virtual link,
 	// and was completed (see csum.go).
@@ -126,16 +139,16 @@ type DirStats struct {
 
 // dirCounters are one direction's atomic counters, written by its pump.
 type dirCounters struct {
-	packets, bytes, batches, errors, unknown, partial atomic.Uint64
-	drops                                             [numDropReasons]atomic.Uint64
-	_                                                 [128]byte // keep the pumps' counters apart
+	packets, bytes, batches, errors, unattributed, partial atomic.Uint64
+	drops                                                  [numDropReasons]atomic.Uint64
+	_                                                      [128]byte // keep the pumps' counters apart
 }
 
 func (d *dirCounters) read(reasons []DropReason) DirStats {
 	s := DirStats{
 		Packets: d.packets.Load(), Bytes: d.bytes.Load(),
 		Batches: d.batches.Load(), Errors: d.errors.Load(),
-		UnknownSource: d.unknown.Load(), PartialChecksums: d.partial.Load(),
+		Unattributed: d.unattributed.Load(), PartialChecksums: d.partial.Load(),
 		Drops: make(map[DropReason]uint64, len(reasons)),
 	}
 	for _, r := range reasons {

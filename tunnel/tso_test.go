@@ -82,7 +82,7 @@ func TestInSegmentsSuperPackets(t *testing.T) {
 			}
 			const seq0 = 0xfffff000                                                // the sequence number wraps within the packet
 			super := tcpSuper(tc.v6, src, dst, 0x80|0x10|0x08|0x01, seq0, payload) // CWR ACK PSH FIN
-			if err := conn.Inject(tunneltest.Datagram{Data: frame(super, vni, macA, macB)}); err != nil {
+			if err := conn.Inject(tunneltest.Datagram{Data: frame(super, vni, macA, macB), Src: addrB}); err != nil {
 				t.Fatal(err)
 			}
 			hdr := 20 + 32
@@ -140,7 +140,7 @@ func TestInSegmentsSuperPackets(t *testing.T) {
 			if tc.v6 {
 				big = udp6("fc00:0:0:2::7", "fc00:0:0:1::5", 1, 2, 3000)
 			}
-			if err := conn.Inject(tunneltest.Datagram{Data: frame(big, vni, macA, macB)}); err != nil {
+			if err := conn.Inject(tunneltest.Datagram{Data: frame(big, vni, macA, macB), Src: addrB}); err != nil {
 				t.Fatal(err)
 			}
 			eventually(t, "too_big drop", func() bool { return n.tun.Stats().In.Drops[tunnel.DropTooBig] == 1 })

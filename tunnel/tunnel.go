@@ -37,6 +37,9 @@ type Options struct {
 	// BatchSize caps the packets per system call; zero means the larger of
 	// the device's and the socket's batch sizes.
 	BatchSize int
+	// SourceCheck selects which senders' frames the in pump accepts; the
+	// zero value is SourceCheckStrict.
+	SourceCheck SourceCheck
 	// Naive selects the naive datapath, the benchmark floor: one packet per
 	// read and per send. It requires a plain device (BatchSize 1) and a
 	// socket without GRO (UDPOptions.DisableGRO, and DisableGSO to match).
@@ -64,6 +67,7 @@ type Tunnel struct {
 	port  uint16
 	batch int
 	naive bool
+	check SourceCheck
 	mode  Mode
 	log   *slog.Logger
 
@@ -91,11 +95,13 @@ func New(opts Options) (*Tunnel, error) {
 		return nil, fmt.Errorf("tunnel: VNI %d out of range (0-%d)", opts.VNI, encap.MaxVNI)
 	case opts.BatchSize < 0:
 		return nil, fmt.Errorf("tunnel: batch size %d is negative", opts.BatchSize)
+	case int(opts.SourceCheck) >= len(sourceCheckNames):
+		return nil, fmt.Errorf("tunnel: unknown %v", opts.SourceCheck)
 	}
 	t := &Tunnel{
 		dev: opts.Device, conn: opts.Conn, table: opts.Table,
 		vni: opts.VNI, mac: opts.LocalMAC, mtu: opts.MTU, port: opts.Port,
-		naive: opts.Naive, log: opts.Logger,
+		naive: opts.Naive, check: opts.SourceCheck, log: opts.Logger,
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	if t.log == nil {
@@ -127,7 +133,7 @@ func New(opts Options) (*Tunnel, error) {
 	// segments, so its reads need at least that many buffers.
 	t.batch = max(t.batch, t.dev.BatchSize())
 	t.log.Info("tunnel datapath", "device", t.dev.Name(), "mode", t.mode, "gso", t.conn.GSO(), "gro", t.conn.GRO(),
-		"batch", t.batch, "naive", t.naive, "mtu", t.mtu, "listen", t.conn.LocalAddr())
+		"batch", t.batch, "naive", t.naive, "mtu", t.mtu, "source-check", t.check, "listen", t.conn.LocalAddr())
 	return t, nil
 }
 
@@ -210,7 +216,7 @@ func (t *Tunnel) Stats() Stats {
 	return Stats{
 		Device: t.dev.Name(), Mode: t.mode,
 		GSO: t.conn.GSO(), GRO: t.conn.GRO(),
-		BatchSize: t.batch, Naive: t.naive,
+		BatchSize: t.batch, Naive: t.naive, SourceCheck: t.check,
 		Out: t.out.read(OutDropReasons),
 		In:  t.in.read(InDropReasons),
 	}
