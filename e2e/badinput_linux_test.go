@@ -74,7 +74,9 @@ func checksum(b []byte) uint16 {
 // TestBadInput (issue #6, 8): random bytes, truncated frames, a wrong VNI
 // and a wrong inner MAC sent to port 8472 of a node do not disturb pod
 // traffic through it, and each kind shows up in the node's drop counters
-// (in /status and in /metrics).
+// (in /status and in /metrics). They come from the other node's address,
+// a peer's, so the source check lets them through to decapsulation
+// (TestSourceChecks sends frames from elsewhere).
 func TestBadInput(t *testing.T) {
 	requireAgent(t)
 	c := newCluster(t, cluster.Options{})
@@ -168,7 +170,7 @@ func TestBadInput(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := c.SendUDP(ctx, target, frames); err != nil {
+		if err := n1.NS.SendUDP(ctx, netip.AddrPortFrom(n1.Underlay, 0), target, frames); err != nil {
 			t.Fatalf("%s: %v", k.name, err)
 		}
 		// Every datagram is dropped and counted.
@@ -185,6 +187,8 @@ func TestBadInput(t *testing.T) {
 		}
 		if got := rxDrops(now) - rxDrops(prev); got < uint64(len(frames)) {
 			t.Errorf("%s: %d datagrams sent, receive drops rose by %d: %v", k.name, len(frames), got, now.Drops)
+		} else if src := now.Drops["rx"]["unknown_source"] + now.Drops["rx"]["spoofed_source"] - prev.Drops["rx"]["unknown_source"] - prev.Drops["rx"]["spoofed_source"]; src != 0 {
+			t.Errorf("%s: %d datagrams from a peer refused by the source check, not decapsulation: %s", k.name, src, dropDiff(prev, now))
 		} else {
 			t.Logf("%s: %d datagrams sent, receive drops rose by %d: %s", k.name, len(frames), got, dropDiff(prev, now))
 		}

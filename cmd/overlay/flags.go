@@ -99,6 +99,9 @@ func upFlags() []cli.Flag {
 			Usage: "use this already-open TUN file descriptor instead of creating a device (rootless, privileged helpers)"},
 		&cli.StringFlag{Name: "tun-driver", Value: "auto", EnvVars: envs("tun-driver"), Category: catDatapath,
 			Usage: "TUN driver: auto (offloads when the kernel has them), offload, or plain"},
+		&cli.StringFlag{Name: "source-check", Value: "strict", EnvVars: envs("source-check"), Category: catDatapath,
+			Usage: "which received VXLAN frames may enter the pod network: strict (sent from a lease's PublicIP, inner source in that lease's subnet), " +
+				"nat (for NAT between nodes: the sender is the lease with the frame's inner source MAC), or off (any well-formed frame, as kernel VXLAN)"},
 		&cli.BoolFlag{Name: "naive", EnvVars: envs("naive"), Category: catDatapath,
 			Usage: "one packet per system call, no offloads: the benchmark floor, not for production"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envs("log-level"), Category: catOps,

@@ -20,22 +20,25 @@ import (
 // agentStatus is what `overlay status` shows and /status serves: one JSON
 // document, taken at one moment, about the node and each of its peers.
 type agentStatus struct {
-	Version      string       `json:"version"`
-	Ready        bool         `json:"ready"`
-	Interface    string       `json:"interface"`
-	PublicIP     string       `json:"publicIP"`
-	PublicIPv6   string       `json:"publicIPv6,omitempty"`
-	Network      string       `json:"network"`
-	Subnet       string       `json:"subnet"`
-	IPv6Subnet   string       `json:"ipv6Subnet,omitempty"`
-	VtepMAC      string       `json:"vtepMAC"`
-	VNI          uint32       `json:"vni"`
-	Port         int          `json:"port"`
-	MTU          int          `json:"mtu"`
-	TUN          string       `json:"tun"`
-	TUNMode      string       `json:"tunMode"`
-	GSO          bool         `json:"gso"`
-	GRO          bool         `json:"gro"`
+	Version    string `json:"version"`
+	Ready      bool   `json:"ready"`
+	Interface  string `json:"interface"`
+	PublicIP   string `json:"publicIP"`
+	PublicIPv6 string `json:"publicIPv6,omitempty"`
+	Network    string `json:"network"`
+	Subnet     string `json:"subnet"`
+	IPv6Subnet string `json:"ipv6Subnet,omitempty"`
+	VtepMAC    string `json:"vtepMAC"`
+	VNI        uint32 `json:"vni"`
+	Port       int    `json:"port"`
+	MTU        int    `json:"mtu"`
+	TUN        string `json:"tun"`
+	TUNMode    string `json:"tunMode"`
+	GSO        bool   `json:"gso"`
+	GRO        bool   `json:"gro"`
+	// SourceCheck is the check on received frames' senders (--source-check);
+	// its drops are rx unknown_source and spoofed_source.
+	SourceCheck  string       `json:"sourceCheck"`
 	LeaseExpires *time.Time   `json:"leaseExpires,omitempty"` // nil for a reservation
 	Peers        []peerStatus `json:"peers"`
 	// Drops counts dropped packets by direction ("tx": TUN to UDP, "rx":
@@ -126,7 +129,7 @@ var (
 	descPeerB   = prometheus.NewDesc("overlay_peer_bytes_total", "Inner IP bytes exchanged with a peer, by direction.", []string{"peer", "direction"}, nil)
 	descExpiry  = prometheus.NewDesc("overlay_lease_expiry_seconds", "Seconds until the node's subnet lease expires (absent for a reservation).", nil, nil)
 	descReady   = prometheus.NewDesc("overlay_ready", "1 once the lease is held, the datapath runs and subnet.env is written.", nil, nil)
-	descInfo    = prometheus.NewDesc("overlay_info", "The agent's build and datapath mode.", []string{"version", "subnet", "tun_mode", "gso", "gro"}, nil)
+	descInfo    = prometheus.NewDesc("overlay_info", "The agent's build and datapath mode.", []string{"version", "subnet", "tun_mode", "gso", "gro", "source_check"}, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -170,5 +173,5 @@ func (s *statusServer) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	gauge(descReady, ready)
-	gauge(descInfo, 1, st.Version, st.Subnet, st.TUNMode, fmt.Sprint(st.GSO), fmt.Sprint(st.GRO))
+	gauge(descInfo, 1, st.Version, st.Subnet, st.TUNMode, fmt.Sprint(st.GSO), fmt.Sprint(st.GRO), st.SourceCheck)
 }

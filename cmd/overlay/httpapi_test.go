@@ -18,13 +18,13 @@ func testStatus() agentStatus {
 	return agentStatus{
 		Version: "test", Interface: "eth0", PublicIP: "172.30.250.11", Network: "10.244.0.0/16",
 		Subnet: "10.244.62.0/24", VtepMAC: "3a:2e:6c:5d:b4:d6", VNI: 1, Port: 8472, MTU: 1450,
-		TUN: "overlay0", TUNMode: "offload", GSO: true, GRO: true, LeaseExpires: &exp,
+		TUN: "overlay0", TUNMode: "offload", GSO: true, GRO: true, SourceCheck: "strict", LeaseExpires: &exp,
 		Peers: []peerStatus{
 			{Subnet: "10.244.83.0/24", Endpoint: "172.30.250.12:8472", VtepMAC: "a6:c3:4f:6d:8b:b2", LastSeen: &seen,
 				Tx: traffic{Packets: 10, Bytes: 840}, Rx: traffic{Packets: 9, Bytes: 756}},
 			{Subnet: "10.244.7.0/24", Endpoint: "172.30.250.13:8472", VtepMAC: "a6:c3:4f:6d:8b:b3"},
 		},
-		Drops:  map[string]map[string]uint64{"rx": {"wrong_vni": 4, "short": 0}, "tx": {"no_route": 2}},
+		Drops:  map[string]map[string]uint64{"rx": {"wrong_vni": 4, "short": 0, "unknown_source": 7, "spoofed_source": 0}, "tx": {"no_route": 2}},
 		Totals: map[string]traffic{"tx": {Packets: 10, Bytes: 840}, "rx": {Packets: 9, Bytes: 756}},
 	}
 }
@@ -83,7 +83,9 @@ func TestStatusServer(t *testing.T) {
 		`overlay_peers 2`,
 		`overlay_peer_packets_total{direction="rx",peer="10.244.83.0/24"} 9`,
 		`overlay_ready 1`,
-		`overlay_info{gro="true",gso="true",subnet="10.244.62.0/24",tun_mode="offload",version="test"} 1`,
+		`overlay_drops_total{direction="rx",reason="unknown_source"} 7`,
+		`overlay_drops_total{direction="rx",reason="spoofed_source"} 0`,
+		`overlay_info{gro="true",gso="true",source_check="strict",subnet="10.244.62.0/24",tun_mode="offload",version="test"} 1`,
 		`overlay_lease_expiry_seconds 8279`,
 	} {
 		if !strings.Contains(metrics, want) {
@@ -106,7 +108,8 @@ func TestStatusServer(t *testing.T) {
 	if err := app.Run([]string{"overlay", "status", "--healthz-port", strconv.Itoa(port)}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"10.244.62.0/24 of 10.244.0.0/16", "offload", "172.30.250.12:8472", "3s ago", "rx wrong_vni: 4", "peers (2)"} {
+	for _, want := range []string{"10.244.62.0/24 of 10.244.0.0/16", "offload", "172.30.250.12:8472", "3s ago", "rx wrong_vni: 4", "peers (2)",
+		"source check:", "strict, refused: unknown_source 7, spoofed_source 0"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("overlay status output lacks %q:\n%s", want, out.String())
 		}

@@ -80,6 +80,8 @@ func printStatus(w io.Writer, st agentStatus, now time.Time) error {
 	fmt.Fprintf(tw, "\nlease expires:\t%s\n", expiry)
 	fmt.Fprintf(tw, "underlay:\t%s on %s, UDP port %d, VNI %d\n", st.PublicIP, st.Interface, st.Port, st.VNI)
 	fmt.Fprintf(tw, "datapath:\t%s (%s), MTU %d, VtepMAC %s, GSO %s, GRO %s\n", st.TUN, st.TUNMode, st.MTU, st.VtepMAC, onOff(st.GSO), onOff(st.GRO))
+	fmt.Fprintf(tw, "source check:\t%s, refused: unknown_source %d, spoofed_source %d\n", st.SourceCheck,
+		st.Drops["rx"]["unknown_source"], st.Drops["rx"]["spoofed_source"])
 	tx, rx := st.Totals["tx"], st.Totals["rx"]
 	fmt.Fprintf(tw, "traffic:\ttx %d packets %s, rx %d packets %s\n", tx.Packets, humanBytes(tx.Bytes), rx.Packets, humanBytes(rx.Bytes))
 	if err := tw.Flush(); err != nil {

@@ -251,7 +251,7 @@ func (a *agent) startDatapath() (err error) {
 	}
 	a.tun, err = tunnel.New(tunnel.Options{
 		Device: dev, Conn: conn, Table: &a.table, VNI: a.vni, LocalMAC: a.mac,
-		MTU: cfg.mtu, Port: uint16(a.port), Naive: cfg.naive, Logger: a.log,
+		MTU: cfg.mtu, Port: uint16(a.port), SourceCheck: cfg.sourceCheck, Naive: cfg.naive, Logger: a.log,
 	})
 	if err != nil {
 		conn.Close()
@@ -368,7 +368,8 @@ func (a *agent) installPeers(own *lease.Lease, ls []lease.Lease) {
 		}
 		peers = append(peers, routes.Peer{
 			Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet, MAC: mac,
-			Endpoint: netip.AddrPortFrom(l.PublicIP, uint16(a.port)),
+			Endpoint:   netip.AddrPortFrom(l.PublicIP, uint16(a.port)),
+			PublicIPv6: l.PublicIPv6,
 		})
 	}
 	if err := a.table.Update(a.localSubnets(own), peers); err != nil {
@@ -435,6 +436,7 @@ func (a *agent) statusSnapshot() agentStatus {
 	}
 	ts := a.tun.Stats()
 	st.TUN, st.TUNMode, st.GSO, st.GRO = ts.Device, ts.Mode.String(), ts.GSO, ts.GRO
+	st.SourceCheck = ts.SourceCheck.String()
 	if ts.Naive {
 		st.TUNMode += " (naive)"
 	}

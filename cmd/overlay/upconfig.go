@@ -47,6 +47,7 @@ type upConfig struct {
 	tunName     string
 	tunFD       int
 	tunDriver   tunnel.Driver
+	sourceCheck tunnel.SourceCheck
 	naive       bool
 	healthzAddr string // "" when disabled
 	logLevel    string
@@ -124,6 +125,9 @@ func parseUp(c *cli.Context, log *slog.Logger) (*upConfig, error) {
 	var err error
 	if cfg.tunDriver, err = tunnel.ParseDriver(c.String("tun-driver")); err != nil {
 		return nil, fmt.Errorf("--tun-driver: %w", err)
+	}
+	if cfg.sourceCheck, err = tunnel.ParseSourceCheck(c.String("source-check")); err != nil {
+		return nil, fmt.Errorf("--source-check: %w", err)
 	}
 	if cfg.naive && cfg.tunDriver == tunnel.DriverOffload {
 		return nil, errors.New("--naive turns offloads off; it cannot be combined with --tun-driver=offload")

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/urfave/cli/v2"
+
+	"overlay/tunnel"
 )
 
 // parseArgs runs parseUp over `overlay up` arguments, as the up command
@@ -47,6 +49,9 @@ func TestParseUpDefaultsAndEnv(t *testing.T) {
 	if cfg.healthzAddr != "127.0.0.1:8471" {
 		t.Errorf("healthz = %q", cfg.healthzAddr)
 	}
+	if cfg.sourceCheck != tunnel.SourceCheckStrict {
+		t.Errorf("source check = %v, want strict by default", cfg.sourceCheck)
+	}
 
 	// flanneld's environment variables and ours; ours win.
 	t.Setenv("FLANNELD_ETCD_ENDPOINTS", "http://172.30.250.1:2379")
@@ -56,20 +61,22 @@ func TestParseUpDefaultsAndEnv(t *testing.T) {
 	t.Setenv("OVERLAY_PUBLIC_IP", "172.30.250.13")
 	t.Setenv("OVERLAY_MTU", "1400")
 	t.Setenv("FLANNELD_HEALTHZ_PORT", "0")
+	t.Setenv("FLANNELD_SOURCE_CHECK", "nat")
 	cfg, err = parseArgs(t)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.etcd.Endpoints[0] != "http://172.30.250.1:2379" || cfg.prefix != "/kube-centos/network" ||
-		cfg.under.publicIP.String() != "172.30.250.13" || cfg.mtu != 1400 || cfg.healthzAddr != "" {
+		cfg.under.publicIP.String() != "172.30.250.13" || cfg.mtu != 1400 || cfg.healthzAddr != "" ||
+		cfg.sourceCheck != tunnel.SourceCheckNAT {
 		t.Errorf("from environment: %+v", cfg)
 	}
 	// flanneld's single-dash flags, as the seed unit files write them.
-	cfg, err = parseArgs(t, "-etcd-endpoints=http://172.30.250.2:2379", "-etcd-prefix=/test/network", "-iface=lo")
+	cfg, err = parseArgs(t, "-etcd-endpoints=http://172.30.250.2:2379", "-etcd-prefix=/test/network", "-iface=lo", "-source-check=off")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.etcd.Endpoints[0] != "http://172.30.250.2:2379" || cfg.prefix != "/test/network" {
+	if cfg.etcd.Endpoints[0] != "http://172.30.250.2:2379" || cfg.prefix != "/test/network" || cfg.sourceCheck != tunnel.SourceCheckOff {
 		t.Errorf("single-dash flags: %+v", cfg)
 	}
 }
@@ -99,6 +106,7 @@ func TestParseUpRejects(t *testing.T) {
 		{"renew margin", []string{"--subnet-lease-renew-margin=0"}, nil, []string{"--subnet-lease-renew-margin 0"}},
 		{"renew margin past ttl", []string{"--subnet-lease-renew-margin=1440"}, nil, []string{"1440"}},
 		{"driver", []string{"--tun-driver=turbo"}, nil, []string{"turbo"}},
+		{"source check", []string{"--source-check=loose"}, nil, []string{"--source-check", `"loose"`, "strict, nat or off"}},
 		{"naive offload", []string{"--naive", "--tun-driver=offload"}, nil, []string{"--naive"}},
 		{"healthz ip", []string{"--healthz-ip=localhost"}, nil, []string{"--healthz-ip"}},
 		{"arguments", []string{"extra"}, nil, []string{"no arguments"}},

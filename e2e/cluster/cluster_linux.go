@@ -38,6 +38,7 @@ type Cluster struct {
 
 	mu       sync.Mutex // guards the fields below
 	nodes    []*Node
+	hosts    []*Host
 	nextNode int
 	etcd     *proc
 	etcdBin  []string // binary and leading args ("overlay", "etcd")
@@ -340,29 +341,6 @@ func (c *Cluster) DeleteLease(ctx context.Context, subnet netip.Prefix) error {
 	return err
 }
 
-// SendUDP sends each payload as one datagram from the hub's underlay
-// address to dst, which must be inside the underlay network.
-func (c *Cluster) SendUDP(ctx context.Context, dst netip.AddrPort, payloads [][]byte) error {
-	if !Underlay.Contains(dst.Addr()) {
-		return fmt.Errorf("send UDP to %v: outside the underlay %v", dst, Underlay)
-	}
-	pc, err := c.hub.ListenPacket("udp4", netip.AddrPortFrom(HubIP, 0).String())
-	if err != nil {
-		return fmt.Errorf("UDP socket in hub: %w", err)
-	}
-	defer pc.Close()
-	if d, ok := ctx.Deadline(); ok {
-		_ = pc.SetWriteDeadline(d)
-	}
-	to := net.UDPAddrFromAddrPort(dst)
-	for i, p := range payloads {
-		if _, err := pc.WriteTo(p, to); err != nil {
-			return fmt.Errorf("send datagram %d to %v: %w", i, dst, err)
-		}
-	}
-	return nil
-}
-
 // AddNode creates a node namespace joined to the hub, starts its datapath
 // (an agent, or the kernel flannel emulation), waits until it is ready and
 // then builds its cni0 bridge and pods from its subnet.
@@ -419,7 +397,7 @@ func (c *Cluster) AddNode(ctx context.Context, opts NodeOptions) (n *Node, err e
 	if err != nil {
 		return n, err
 	}
-	if err := c.joinHub(n); err != nil {
+	if err := c.joinHub(n.NS, fmt.Sprintf("%sn%d", c.opts.Prefix, n.Index), n.Underlay); err != nil {
 		return n, err
 	}
 	if err := n.NS.sysctl("net/ipv4/ip_forward", "1"); err != nil {
@@ -443,15 +421,15 @@ func (c *Cluster) AddNode(ctx context.Context, opts NodeOptions) (n *Node, err e
 	return n, nil
 }
 
-// joinHub connects the node to the hub bridge with a veth pair: <prefix>n<i>
-// on the hub's bridge, eth0 with the node's underlay address in the node.
-func (c *Cluster) joinHub(n *Node) error {
-	nodeNS, err := netns.GetFromName(string(n.NS))
+// joinHub connects a node (or host) namespace to the hub bridge with a
+// veth pair: hubSide on the hub's bridge, eth0 with the underlay address
+// addr in ns.
+func (c *Cluster) joinHub(ns NS, hubSide string, addr netip.Addr) error {
+	nodeNS, err := netns.GetFromName(string(ns))
 	if err != nil {
 		return err
 	}
 	defer nodeNS.Close()
-	hubSide := fmt.Sprintf("%sn%d", c.opts.Prefix, n.Index)
 	err = c.hub.netlink(func(h *netlink.Handle) error {
 		br, err := h.LinkByName(c.bridge)
 		if err != nil {
@@ -475,12 +453,12 @@ func (c *Cluster) joinHub(n *Node) error {
 	if err != nil {
 		return fmt.Errorf("hub side: %w", err)
 	}
-	return n.NS.netlink(func(h *netlink.Handle) error {
+	return ns.netlink(func(h *netlink.Handle) error {
 		eth, err := h.LinkByName("eth0")
 		if err != nil {
 			return err
 		}
-		if err := h.AddrAdd(eth, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(n.Underlay, Underlay.Bits()))}); err != nil {
+		if err := h.AddrAdd(eth, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(addr, Underlay.Bits()))}); err != nil {
 			return fmt.Errorf("underlay address: %w", err)
 		}
 		return h.LinkSetUp(eth)
@@ -496,7 +474,7 @@ func (c *Cluster) Close() error {
 		return c.closeErr
 	}
 	c.closed = true
-	nodes := c.nodes
+	nodes, hosts := c.nodes, c.hosts
 	etcd := c.etcd
 	c.mu.Unlock()
 
@@ -527,6 +505,9 @@ func (c *Cluster) Close() error {
 			nss = append(nss, p.NS)
 		}
 		nss = append(nss, n.NS)
+	}
+	for _, h := range hosts {
+		nss = append(nss, h.NS)
 	}
 	nss = append(nss, c.hub)
 	for _, ns := range nss {

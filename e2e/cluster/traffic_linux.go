@@ -45,6 +45,9 @@ func (p *Pod) Ping(ctx context.Context, dst netip.Addr, opts PingOptions) (PingR
 	if opts.DontFragment {
 		args = append(args, "-M", "do")
 	}
+	if opts.TTL > 0 {
+		args = append(args, "-t", strconv.Itoa(opts.TTL))
+	}
 	args = append(args, dst.String())
 	out, err := p.NS.Command(ctx, "ping", args...).CombinedOutput()
 	res, perr := ParsePing(string(out))

@@ -140,6 +140,7 @@ type PingOptions struct {
 	DontFragment bool          // ping -M do
 	Interval     time.Duration // 0 means 200ms
 	Wait         time.Duration // per reply (ping -W); 0 means 2s
+	TTL          int           // ping -t; 0 means ping's default
 }
 
 // PingResult is ping's output, parsed.
@@ -407,6 +408,7 @@ type AgentStatus struct {
 	TUNMode      string                       `json:"tunMode"`
 	GSO          bool                         `json:"gso"`
 	GRO          bool                         `json:"gro"`
+	SourceCheck  string                       `json:"sourceCheck"`
 	LeaseExpires *time.Time                   `json:"leaseExpires"`
 	Peers        []PeerStatus                 `json:"peers"`
 	Drops        map[string]map[string]uint64 `json:"drops"`
