@@ -15,6 +15,11 @@
 //     address. flannel gives every subnet of a family the same length
 //     (SubnetLen), so a lookup is one mask and one map probe per family no
 //     matter how many peers there are; it allocates nothing.
+//   - The snapshot also indexes who may send (Source): each underlay
+//     address a peer's lease names (Endpoint's address, PublicIPv6) and
+//     each VtepMAC, with the peers behind it, so the datapath's source
+//     checks cost one map probe per received message and one comparison
+//     per packet (Source.Owns of the route its source address matches).
 //   - Each peer has a Counters object that outlives snapshots: Update carries
 //     a peer's counters over to the new snapshot when the peer's subnet is
 //     unchanged, so a lease refresh does not reset its traffic figures.

@@ -84,6 +84,55 @@
 // our subnet's overlay address and rate limited, so path MTU discovery
 // works. Received frames are dropped by encap's reasons.
 //
+// Source checks (source.go). Kernel VXLAN, and so flannel, accepts any
+// well-formed frame on port 8472: whoever reaches the port can put packets
+// with any source address into every pod. The in pump admits a frame only
+// from a lease holder, and a packet only with a source address that holder
+// owns, the way WireGuard ties a peer to its allowed IPs
+// (Options.SourceCheck, SourceCheckStrict by default):
+//
+//   - The outer source address of each received message must be one a
+//     current lease names: its PublicIP (which is where flannel writes a
+//     public-ip-overwrite) or its PublicIPv6. Otherwise every datagram in
+//     the message is dropped as DropUnknownSource, before any parsing. A
+//     GRO message is a run of datagrams from one sender, so the check is
+//     made once per message, not per datagram.
+//   - Each inner packet's source address must be routed by the peer table
+//     to a peer sending from that address: the table's longest match for
+//     it is a subnet leased to that peer. Otherwise it is dropped as
+//     DropSpoofedSource: a peer impersonating another node's pods, or
+//     ours. The pump looks the source up anyway to attribute the packet to
+//     its peer's counters, so this costs one comparison.
+//
+// Both read the snapshot the pump loads once per batch (routes.Source):
+// a peer that joins is admitted, and one whose lease is deleted or expires
+// refused, from the watch event that changes the table on; there is no
+// lock and no allocation per packet. The outer address only ever refuses:
+// it never picks a route or a peer's counters.
+//
+// Masquerading. flannel's ip-masq rules (cmd/overlay/ipmasq.go) never
+// rewrite pod-to-pod traffic, and rewrite traffic from outside the cluster
+// network bound for another node's pod to the sending node's overlay
+// address (MASQUERADE takes overlay0's, or flannel.1's, address: the
+// network address of the node's subnet). Traffic from the node itself
+// leaves with that address too, and so do the ICMP errors it sends as a
+// router. So every packet a node sends into the overlay has a source in
+// its own subnet, and the check makes no exception for the cluster
+// network: a source elsewhere in it belongs to another node, and a peer
+// sending it is spoofing. What it refuses by design is traffic a node
+// forwards into the overlay from outside the cluster network without
+// masquerading it (a node routing for an external network without
+// --ip-masq): such a cluster needs --ip-masq on that node, or the check
+// off on the receivers.
+//
+// NAT. Where NAT between nodes rewrites the outer source address,
+// SourceCheckNAT knows the sender by the inner source MAC instead, which
+// flannel and overlay always set to the sender's VtepMAC, and keeps the
+// inner check; SourceCheckOff is kernel VXLAN's behaviour. Neither check
+// is authentication: a host on the underlay that forges a peer's outer
+// address (or, under SourceCheckNAT, its MAC) and a source in that peer's
+// subnet gets through; only encryption (WireGuard) closes that.
+//
 // Lifecycle. Run starts the two pumps and a watcher of its context, and
 // returns only when all three have exited; Close (idempotent) closes the
 // device and the socket, which unblocks the pumps' reads.
