@@ -15,18 +15,23 @@ import (
 // BenchmarkPumpsFake measures each pump alone over fakes that allocate
 // nothing and make no system calls: the datapath's own cost per packet
 // (lookup, encapsulation or validation, grouping, counters), plus the fakes'
-// channel hand-off. One op is one packet.
+// channel hand-off. One op is one packet. "in-unchecked" is "in" with the
+// source checks off (SourceCheckOff): the A/B of their cost.
 func BenchmarkPumpsFake(b *testing.B) {
 	for _, batch := range []int{1, 64} {
-		for _, dir := range []string{"out", "in"} {
+		for _, dir := range []string{"out", "in", "in-unchecked"} {
 			b.Run(fmt.Sprintf("%s/batch=%d", dir, batch), func(b *testing.B) {
 				dev := tunneltest.NewDevice(tunneltest.DeviceOptions{BatchSize: batch, Discard: true, Queue: 4096})
 				conn := tunneltest.NewNetwork().Listen(addrA, tunneltest.ConnOptions{GSO: batch > 1, GRO: batch > 1, Discard: true, Queue: 4096})
-				start(b, dev, conn, tableA(b), macA, 1450)
+				check := tunnel.SourceCheckStrict
+				if dir == "in-unchecked" {
+					check = tunnel.SourceCheckOff
+				}
+				startWith(b, tunnel.Options{Device: dev, Conn: conn, Table: tableA(b), VNI: vni, LocalMAC: macA, MTU: 1450, SourceCheck: check})
 				out := udp4("10.244.1.5", "10.244.2.7", 1000, 2000, 1400, true)
 				in := tunneltest.Datagram{Data: frame(udp4("10.244.2.7", "10.244.1.5", 2000, 1000, 1400, true), vni, macA, macB), Src: addrB}
 				done := func() uint64 { return conn.Frames() }
-				if dir == "in" {
+				if dir != "out" {
 					done = dev.WrittenPackets
 				}
 				base := done()
