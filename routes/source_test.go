@@ -146,28 +146,15 @@ func TestSourceNoAllocs(t *testing.T) {
 func BenchmarkSourceCheck(b *testing.B) {
 	for _, n := range []int{10, 1000, 10000} {
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
-			var tb Table
-			peers := manyPeers(n)
-			if err := tb.Update([]netip.Prefix{mustPrefix("10.255.0.0/24")}, peers); err != nil {
-				b.Fatal(err)
-			}
-			s := tb.Load()
-			type probe struct {
-				outer netip.Addr
-				inner [4]byte
-			}
-			probes := make([]probe, 256)
-			for i := range probes {
-				p := peers[(i*7919)%n]
-				a := p.Subnet.Addr().As4()
-				a[3] = byte(i)
-				probes[i] = probe{p.Endpoint.Addr(), a}
+			s, inner, owners := benchTable(b, n)
+			outer := make([]netip.Addr, len(owners))
+			for i, p := range owners {
+				outer[i] = p.Endpoint.Addr()
 			}
 			b.ReportAllocs()
 			var refused int
 			for i := 0; b.Loop(); i++ {
-				p := &probes[i&255]
-				if !s.SourceAddr(p.outer).Owns(s.Lookup4(p.inner)) {
+				if !s.SourceAddr(outer[i&255]).Owns(s.Lookup4(inner[i&255])) {
 					refused++
 				}
 			}

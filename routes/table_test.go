@@ -324,21 +324,29 @@ func TestConcurrentUpdate(t *testing.T) {
 	}
 }
 
+// benchTable returns a snapshot of n peers and 256 probes spread over them:
+// an address inside a peer's subnet, and that peer.
+func benchTable(b *testing.B, n int) (*Snapshot, [][4]byte, []Peer) {
+	b.Helper()
+	var tb Table
+	peers := manyPeers(n)
+	if err := tb.Update([]netip.Prefix{mustPrefix("10.255.0.0/24")}, peers); err != nil {
+		b.Fatal(err)
+	}
+	dsts := make([][4]byte, 256)
+	owners := make([]Peer, 256)
+	for i := range dsts {
+		owners[i] = peers[(i*7919)%n]
+		dsts[i] = owners[i].Subnet.Addr().As4()
+		dsts[i][3] = byte(i)
+	}
+	return tb.Load(), dsts, owners
+}
+
 func BenchmarkLookup(b *testing.B) {
 	for _, n := range []int{10, 1000, 10000} {
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
-			var tb Table
-			peers := manyPeers(n)
-			if err := tb.Update([]netip.Prefix{mustPrefix("10.255.0.0/24")}, peers); err != nil {
-				b.Fatal(err)
-			}
-			s := tb.Load()
-			dsts := make([][4]byte, 256)
-			for i := range dsts {
-				p := peers[(i*7919)%n].Subnet.Addr().As4()
-				p[3] = byte(i)
-				dsts[i] = p
-			}
+			s, dsts, _ := benchTable(b, n)
 			b.ReportAllocs()
 			b.ResetTimer()
 			var miss int
