@@ -59,8 +59,9 @@ type ReadMessage struct {
 	// datagram; with GRO, Buf[:N] holds datagrams of Segment bytes each,
 	// the last possibly shorter.
 	Segment int
-	// Addr is the sender's address (for diagnostics only: peers are never
-	// identified by it).
+	// Addr is the sender's address. The strict source check refuses a
+	// message whose address no lease names; packets are never routed or
+	// attributed to a peer by it.
 	Addr netip.AddrPort
 	// Truncated reports a datagram larger than Buf, cut short. The caller
 	// drops it.
