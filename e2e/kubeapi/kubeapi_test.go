@@ -179,7 +179,6 @@ func execOutput(bin string, args ...string) (string, error) {
 	return buf.String(), fmt.Errorf("run: %v", err)
 }
 
-
 func grepMarks(log string) string {
 	var out []string
 	for _, l := range strings.Split(log, "\n") {
