@@ -154,10 +154,11 @@ func (m *Manager) Acquire(ctx context.Context, o lease.AcquireOptions) (*lease.L
 		return nil, err
 	}
 	var lastLog time.Time
+	var lastMsg string
 	waiting := func(msg string, args ...any) {
-		if time.Since(lastLog) >= waitLogEvery {
+		if msg != lastMsg || time.Since(lastLog) >= waitLogEvery {
 			m.log.Info(msg, args...)
-			lastLog = time.Now()
+			lastLog, lastMsg = time.Now(), msg
 		}
 	}
 	bo := m.backoff()
