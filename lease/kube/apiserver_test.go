@@ -119,6 +119,7 @@ func TestAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	testNodeNameFromPod(t, c)
 	var logs logBuf
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := mustConfig(t, netConf)
@@ -317,5 +318,34 @@ func TestAPIServer(t *testing.T) {
 	wg.Wait()
 	if _, err := c.Nodes().Get(context.Background(), "node-zz", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("sanity: %v", err)
+	}
+}
+
+// testNodeNameFromPod checks flanneld's fallback: the node name is the
+// spec.nodeName of the pod POD_NAMESPACE/POD_NAME.
+func testNodeNameFromPod(t *testing.T, c corev1client.CoreV1Interface) {
+	t.Helper()
+	ctx := context.Background()
+	// No controller manager runs here to create the default service
+	// account that pod admission asks for.
+	if _, err := c.ServiceAccounts("default").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "overlay-x", Namespace: "default"},
+		Spec: corev1.PodSpec{NodeName: "node-p", Containers: []corev1.Container{{Name: "overlay", Image: "overlay"}}},
+	}
+	if _, err := c.Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	name, err := NodeName(ctx, c, env(map[string]string{"POD_NAME": "overlay-x", "POD_NAMESPACE": "default"}))
+	if err != nil || name != "node-p" {
+		t.Errorf("NodeName from the pod = %q, %v; want node-p", name, err)
+	}
+	if _, err := NodeName(ctx, c, env(map[string]string{"POD_NAME": "missing", "POD_NAMESPACE": "default"})); !apierrors.IsNotFound(err) {
+		t.Errorf("NodeName of a missing pod: %v, want not found", err)
+	}
+	if name, err := NodeName(ctx, c, env(map[string]string{"NODE_NAME": "n", "POD_NAME": "overlay-x", "POD_NAMESPACE": "default"})); name != "n" || err != nil {
+		t.Errorf("NODE_NAME wins: %q, %v", name, err)
 	}
 }

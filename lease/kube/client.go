@@ -8,7 +8,9 @@ import (
 	"net/url"
 	"os"
 	"sync"
+	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
@@ -90,8 +92,9 @@ func NewClient(cfg *rest.Config) (corev1client.CoreV1Interface, error) {
 
 // NodeName returns this node's Node name as flanneld finds it: $NODE_NAME,
 // else the spec.nodeName of the pod $POD_NAMESPACE/$POD_NAME (read from
-// the API server: the agent runs in that pod). CheckNodeEnv tells without
-// contacting anything whether one of the two is set.
+// the API server, retrying transient failures until ctx ends: the agent
+// runs in that pod). CheckNodeEnv tells without contacting anything
+// whether one of the two is set.
 func NodeName(ctx context.Context, c corev1client.CoreV1Interface, getenv func(string) string) (string, error) {
 	if err := CheckNodeEnv(getenv); err != nil {
 		return "", err
@@ -100,14 +103,25 @@ func NodeName(ctx context.Context, c corev1client.CoreV1Interface, getenv func(s
 		return n, nil
 	}
 	ns, name := getenv("POD_NAMESPACE"), getenv("POD_NAME")
-	pod, err := c.Pods(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return "", fmt.Errorf("find this node's name from pod %s/%s: %w", ns, name, err)
+	bo := &backoff{min: 200 * time.Millisecond, max: 10 * time.Second}
+	for {
+		rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		pod, err := c.Pods(ns).Get(rctx, name, metav1.GetOptions{})
+		cancel()
+		switch {
+		case err == nil && pod.Spec.NodeName != "":
+			return pod.Spec.NodeName, nil
+		case err == nil:
+			err = errors.New("the pod has no spec.nodeName yet")
+		case ctx.Err() != nil:
+			return "", ctx.Err()
+		case permanent(err) || apierrors.IsNotFound(err):
+			return "", fmt.Errorf("find this node's name from pod %s/%s: %w", ns, name, err)
+		}
+		if !sleep(ctx, bo.next()) {
+			return "", fmt.Errorf("find this node's name from pod %s/%s: %w (%w)", ns, name, err, ctx.Err())
+		}
 	}
-	if pod.Spec.NodeName == "" {
-		return "", fmt.Errorf("pod %s/%s has no spec.nodeName yet", ns, name)
-	}
-	return pod.Spec.NodeName, nil
 }
 
 // CheckNodeEnv reports an error unless NODE_NAME, or POD_NAME and
