@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"overlay/e2e/cluster"
 	"overlay/e2e/kubeapi/kubeapitest"
@@ -53,7 +54,7 @@ func TestAgentKube(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := kube.NewClient(rc)
+	c, err := corev1client.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -115,15 +115,20 @@ func TestAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := NewClient(rc)
+	mc, err := NewClient(rc) // the manager's own client
 	if err != nil {
 		t.Fatal(err)
 	}
-	testNodeNameFromPod(t, c)
+	// The test changes Nodes with client-go's typed client.
+	c, err := corev1client.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testNodeNameFromPod(t, c, mc)
 	var logs logBuf
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := mustConfig(t, netConf)
-	m, err := New(Options{Client: c, NodeName: "node-a", Config: cfg, SetNodeNetworkUnavailable: true,
+	m, err := New(Options{Client: mc, NodeName: "node-a", Config: cfg, SetNodeNetworkUnavailable: true,
 		Logger: log, PollInterval: 100 * time.Millisecond, MaxBackoff: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -323,7 +328,7 @@ func TestAPIServer(t *testing.T) {
 
 // testNodeNameFromPod checks flanneld's fallback: the node name is the
 // spec.nodeName of the pod POD_NAMESPACE/POD_NAME.
-func testNodeNameFromPod(t *testing.T, c corev1client.CoreV1Interface) {
+func testNodeNameFromPod(t *testing.T, c corev1client.CoreV1Interface, mc Client) {
 	t.Helper()
 	ctx := context.Background()
 	// No controller manager runs here to create the default service
@@ -333,19 +338,19 @@ func testNodeNameFromPod(t *testing.T, c corev1client.CoreV1Interface) {
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "overlay-x", Namespace: "default"},
-		Spec: corev1.PodSpec{NodeName: "node-p", Containers: []corev1.Container{{Name: "overlay", Image: "overlay"}}},
+		Spec:       corev1.PodSpec{NodeName: "node-p", Containers: []corev1.Container{{Name: "overlay", Image: "overlay"}}},
 	}
 	if _, err := c.Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	name, err := NodeName(ctx, c, env(map[string]string{"POD_NAME": "overlay-x", "POD_NAMESPACE": "default"}))
+	name, err := NodeName(ctx, mc, env(map[string]string{"POD_NAME": "overlay-x", "POD_NAMESPACE": "default"}))
 	if err != nil || name != "node-p" {
 		t.Errorf("NodeName from the pod = %q, %v; want node-p", name, err)
 	}
-	if _, err := NodeName(ctx, c, env(map[string]string{"POD_NAME": "missing", "POD_NAMESPACE": "default"})); !apierrors.IsNotFound(err) {
+	if _, err := NodeName(ctx, mc, env(map[string]string{"POD_NAME": "missing", "POD_NAMESPACE": "default"})); !apierrors.IsNotFound(err) {
 		t.Errorf("NodeName of a missing pod: %v, want not found", err)
 	}
-	if name, err := NodeName(ctx, c, env(map[string]string{"NODE_NAME": "n", "POD_NAME": "overlay-x", "POD_NAMESPACE": "default"})); name != "n" || err != nil {
+	if name, err := NodeName(ctx, mc, env(map[string]string{"NODE_NAME": "n", "POD_NAME": "overlay-x", "POD_NAMESPACE": "default"})); name != "n" || err != nil {
 		t.Errorf("NODE_NAME wins: %q, %v", name, err)
 	}
 }

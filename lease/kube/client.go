@@ -11,8 +11,6 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -76,26 +74,12 @@ func (o ClientOptions) RESTConfig() (*rest.Config, error) {
 	return cfg, nil
 }
 
-// NewClient returns a client of the core API group for cfg, identifying
-// itself as overlay.
-func NewClient(cfg *rest.Config) (corev1client.CoreV1Interface, error) {
-	cfg = rest.CopyConfig(cfg)
-	if cfg.UserAgent == "" {
-		cfg.UserAgent = "overlay"
-	}
-	c, err := corev1client.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return c, nil
-}
-
 // NodeName returns this node's Node name as flanneld finds it: $NODE_NAME,
 // else the spec.nodeName of the pod $POD_NAMESPACE/$POD_NAME (read from
 // the API server, retrying transient failures until ctx ends: the agent
 // runs in that pod). CheckNodeEnv tells without contacting anything
 // whether one of the two is set.
-func NodeName(ctx context.Context, c corev1client.CoreV1Interface, getenv func(string) string) (string, error) {
+func NodeName(ctx context.Context, c Client, getenv func(string) string) (string, error) {
 	if err := CheckNodeEnv(getenv); err != nil {
 		return "", err
 	}
@@ -106,7 +90,7 @@ func NodeName(ctx context.Context, c corev1client.CoreV1Interface, getenv func(s
 	bo := &backoff{min: 200 * time.Millisecond, max: 10 * time.Second}
 	for {
 		rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
-		pod, err := c.Pods(ns).Get(rctx, name, metav1.GetOptions{})
+		pod, err := c.GetPod(rctx, ns, name)
 		cancel()
 		switch {
 		case err == nil && pod.Spec.NodeName != "":

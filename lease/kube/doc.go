@@ -54,8 +54,10 @@
 //
 // The informers keep only the fields the manager reads (name, UID,
 // resourceVersion, annotations, pod CIDRs, conditions), so a large cluster
-// costs little memory. The typed core/v1 client alone is used (no full
-// clientset, no informer factory) to keep the agent binary small.
+// costs little memory. The client is a REST client whose scheme holds
+// core/v1 only (restclient.go), with a plain informer (no informer
+// factory): client-go's typed clients register every API group and would
+// double the agent binary.
 //
 // # Concurrency
 //

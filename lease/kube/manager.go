@@ -21,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"overlay/lease"
@@ -47,7 +46,7 @@ const (
 // Options configure a Manager.
 type Options struct {
 	// Client reaches the API server (required); see NewClient.
-	Client corev1client.CoreV1Interface
+	Client Client
 	// NodeName is this node's Node (required); see NodeName.
 	NodeName string
 	// Prefix is the annotation prefix (DefaultPrefix when empty).
@@ -76,7 +75,7 @@ type Options struct {
 // concurrent use; Keep and Watch may run at once. The zero value is not
 // usable; call New.
 type Manager struct {
-	nodes  corev1client.NodeInterface
+	nodes  Client
 	node   string
 	keys   Keys
 	cfg    *lease.Config
@@ -107,7 +106,7 @@ func New(o Options) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{
-		nodes:  o.Client.Nodes(),
+		nodes:  o.Client,
 		node:   o.NodeName,
 		keys:   keys,
 		cfg:    o.Config,
@@ -164,7 +163,7 @@ func (m *Manager) Acquire(ctx context.Context, o lease.AcquireOptions) (*lease.L
 	bo := m.backoff()
 	for {
 		rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
-		n, err := m.nodes.Get(rctx, m.node, metav1.GetOptions{})
+		n, err := m.nodes.GetNode(rctx, m.node)
 		cancel()
 		delay := m.poll
 		switch {
@@ -275,7 +274,7 @@ func (m *Manager) publish(ctx context.Context, n *corev1.Node, l *lease.Lease) e
 	}
 	rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	if _, err := m.nodes.Patch(rctx, m.node, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status"); err != nil {
+	if _, err := m.nodes.PatchNodeStatus(rctx, m.node, body); err != nil {
 		return err
 	}
 	m.log.Info("published the flannel annotations on the node", "patch", string(body))
@@ -297,7 +296,7 @@ func (m *Manager) setCondition(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	_, err = m.nodes.Patch(rctx, m.node, types.StrategicMergePatchType, raw, metav1.PatchOptions{}, "status")
+	_, err = m.nodes.PatchNodeStatus(rctx, m.node, raw)
 	return err
 }
 
@@ -439,11 +438,11 @@ func (m *Manager) informer(selector string, sig chan<- struct{}) (cache.Store, c
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 			opts.FieldSelector = selector
-			return m.nodes.List(ctx, opts)
+			return m.nodes.ListNodes(ctx, opts)
 		},
 		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 			opts.FieldSelector = selector
-			return m.nodes.Watch(ctx, opts)
+			return m.nodes.WatchNodes(ctx, opts)
 		},
 	}
 	return cache.NewInformerWithOptions(cache.InformerOptions{
