@@ -18,8 +18,13 @@ import (
 // flannel attributes stored in it. A Lease is a value; the slices it holds are
 // not modified once it is returned, so it may be shared between goroutines.
 type Lease struct {
-	// Key is the full etcd key, e.g. /coreos.com/network/subnets/10.244.62.0-24.
+	// Key identifies the lease within its subnet manager: the full etcd key,
+	// e.g. /coreos.com/network/subnets/10.244.62.0-24, or node/<name> for
+	// the Kubernetes subnet manager.
 	Key string
+	// Node is the name of the Kubernetes Node the lease was read from (the
+	// kube subnet manager); empty for etcd leases.
+	Node string
 	// Subnet is the node's IPv4 pod subnet (zero when IPv4 is disabled).
 	Subnet netip.Prefix
 	// IPv6Subnet is the node's IPv6 pod subnet (zero if none).
@@ -58,7 +63,7 @@ func (l *Lease) Reservation() bool { return l.EtcdLease == 0 }
 // Equal reports whether l and m describe the same key with the same
 // attributes (Expiration and ModRevision are not compared).
 func (l *Lease) Equal(m *Lease) bool {
-	return l.Key == m.Key && l.Subnet == m.Subnet && l.IPv6Subnet == m.IPv6Subnet &&
+	return l.Key == m.Key && l.Node == m.Node && l.Subnet == m.Subnet && l.IPv6Subnet == m.IPv6Subnet &&
 		l.PublicIP == m.PublicIP && l.PublicIPv6 == m.PublicIPv6 &&
 		l.BackendType == m.BackendType && l.VNI == m.VNI &&
 		bytes.Equal(l.VtepMAC, m.VtepMAC) && bytes.Equal(l.IPv6VtepMAC, m.IPv6VtepMAC) &&
@@ -207,8 +212,12 @@ func encodeValue(l *Lease) ([]byte, error) {
 	if l.IPv6VtepMAC != nil {
 		v.BackendV6Data = &vxlanData{VNI: l.VNI, VtepMAC: l.IPv6VtepMAC.String()}
 	}
-	return json.Marshal(v)
+	return jsonMarshal(v)
 }
+
+// jsonMarshal is json.Marshal; the indirection keeps every encoder of
+// flannel's values in this file.
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
 
 // decodeLease parses a key and value read from etcd. name is the key below
 // <prefix>/subnets/. The caller sets Key, EtcdLease, ModRevision.

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -59,10 +60,12 @@ type Options struct {
 }
 
 // Manager reads the network config and acquires, keeps, watches, lists and
-// deletes subnet leases below one prefix. It holds no mutable state: all its
-// methods are safe for concurrent use, and one Manager may serve Keep and
-// Watch at once. The zero value is not usable; call New.
+// deletes subnet leases below one prefix. Its only mutable state is the
+// malformed-peer counter: all its methods are safe for concurrent use, and
+// one Manager may serve Keep and Watch at once. The zero value is not
+// usable; call New.
 type Manager struct {
+	malformed  atomic.Uint64 // peer records Watch skipped (MalformedPeers)
 	cli        *clientv3.Client
 	prefix     string
 	configKey  string

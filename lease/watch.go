@@ -38,6 +38,9 @@ type watcher struct {
 	fn        func([]Lease)
 	peers     map[string]Lease // by key
 	delivered bool
+	// bad holds the ModRevision of each key last found malformed, so that
+	// a record is counted once however often it is listed again.
+	bad map[string]int64
 }
 
 func (w *watcher) run(ctx context.Context) error {
@@ -119,6 +122,7 @@ func (w *watcher) watch(ctx context.Context, rev int64) (healthy bool, err error
 			old, had := w.peers[key]
 			switch ev.Type {
 			case mvccpb.DELETE:
+				delete(w.bad, key)
 				if had {
 					delete(w.peers, key)
 					changed = true
@@ -150,7 +154,11 @@ func (w *watcher) watch(ctx context.Context, rev int64) (healthy bool, err error
 // peer decodes kv and reports whether it is a usable peer.
 func (w *watcher) peer(kv *mvccpb.KeyValue) (Lease, bool) {
 	l, ok := w.m.decode(kv)
-	if !ok || l.BackendType != BackendVXLAN {
+	if !ok {
+		w.malformed(kv)
+		return Lease{}, false
+	}
+	if l.BackendType != BackendVXLAN {
 		return Lease{}, false
 	}
 	if w.self.IsValid() && (l.PublicIP == w.self || l.PublicIPv6 == w.self) {
@@ -158,9 +166,23 @@ func (w *watcher) peer(kv *mvccpb.KeyValue) (Lease, bool) {
 	}
 	if p := peerProblem(&l); p != "" {
 		w.m.log.Warn("skipping vxlan lease that cannot be a peer", "key", l.Key, "err", p)
+		w.malformed(kv)
 		return Lease{}, false
 	}
 	return l, true
+}
+
+// malformed counts kv as a malformed peer, once per version of the key.
+func (w *watcher) malformed(kv *mvccpb.KeyValue) {
+	if w.bad == nil {
+		w.bad = make(map[string]int64)
+	}
+	key := string(kv.Key)
+	if rev, ok := w.bad[key]; ok && rev == kv.ModRevision {
+		return
+	}
+	w.bad[key] = kv.ModRevision
+	w.m.malformed.Add(1)
 }
 
 func (w *watcher) deliver() {

@@ -122,6 +122,9 @@ func TestWatchPeers(t *testing.T) {
 			t.Errorf("no warning naming %s", key)
 		}
 	}
+	if n := m.MalformedPeers(); n != 3 {
+		t.Errorf("MalformedPeers = %d after the first listing, want 3 (junk JSON, bad key, no VtepMAC)", n)
+	}
 	got := v.subnets()[pfx("10.244.1.0/24")]
 	if got.PublicIP != ip("172.30.250.1") || got.VtepMAC.String() != VtepMAC("test", ip("172.30.250.1")).String() {
 		t.Errorf("peer %+v", got)
@@ -141,6 +144,9 @@ func TestWatchPeers(t *testing.T) {
 	// A peer that turns malformed is removed; a host-gw write changes nothing.
 	putLease(t, cli, "10.244.6.0-24", `{"PublicIP": 5}`, 0)
 	eventually(t, 10*time.Second, "peer 6 dropped", func() bool { return v.is("10.244.2.0/24") })
+	if n := m.MalformedPeers(); n != 4 {
+		t.Errorf("MalformedPeers = %d after peer 6 turned malformed, want 4", n)
+	}
 	v.mu.Lock()
 	calls := v.calls
 	v.mu.Unlock()

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"overlay/lease/kube"
 )
 
 // envs returns the environment variables that may set the flag name:
@@ -18,6 +20,7 @@ func envs(name string) []string {
 // Flag categories, so `overlay up --help` reads as an operator's checklist.
 const (
 	catEtcd     = "etcd"
+	catKube     = "kubernetes (--kube-subnet-mgr)"
 	catNode     = "node and underlay"
 	catDatapath = "datapath"
 	catOps      = "operations"
@@ -28,6 +31,7 @@ const (
 	defaultEtcdEndpoints = "http://127.0.0.1:2379"
 	defaultEtcdPrefix    = "/coreos.com/network"
 	defaultSubnetFile    = "/run/flannel/subnet.env"
+	defaultNetConfPath   = "/etc/kube-flannel/net-conf.json"
 	defaultHealthzIP     = "127.0.0.1"
 	// defaultHealthzPort is where /healthz, /readyz, /metrics and /status
 	// answer. flanneld leaves its health endpoint off by default; overlay
@@ -68,10 +72,30 @@ func statusFlags() []cli.Flag {
 	}
 }
 
+// kubeFlags are flanneld's flags for its Kubernetes subnet manager, with
+// flanneld's names and defaults.
+func kubeFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "kube-subnet-mgr", EnvVars: envs("kube-subnet-mgr"), Category: catKube,
+			Usage: "take the subnet from this node's Node (spec.podCIDR) and the peers from the other Nodes, instead of etcd"},
+		&cli.StringFlag{Name: "kubeconfig-file", EnvVars: envs("kubeconfig-file"), Category: catKube,
+			Usage: "kubeconfig file (default: the pod's service account when run in a pod)"},
+		&cli.StringFlag{Name: "kube-api-url", EnvVars: envs("kube-api-url"), Category: catKube,
+			Usage: "API server URL (overrides the kubeconfig's server)"},
+		&cli.StringFlag{Name: "kube-annotation-prefix", Value: kube.DefaultPrefix, EnvVars: envs("kube-annotation-prefix"), Category: catKube,
+			Usage: "prefix of flannel's Node annotations"},
+		&cli.StringFlag{Name: "net-config-path", Value: defaultNetConfPath, EnvVars: envs("net-config-path"), Category: catKube,
+			Usage: "network config file (flannel's net-conf.json)"},
+		&cli.BoolFlag{Name: "set-node-network-unavailable", Value: true, EnvVars: envs("set-node-network-unavailable"), Category: catKube,
+			Usage: "set the Node's NetworkUnavailable condition to False once the node carries traffic"},
+	}
+}
+
 // upFlags are the flags of `overlay up`: flanneld's names where flanneld has
 // the flag, ours for the userspace datapath.
 func upFlags() []cli.Flag {
 	fl := etcdFlags()
+	fl = append(fl, kubeFlags()...)
 	fl = append(fl,
 		&cli.StringSliceFlag{Name: "iface", EnvVars: envs("iface"), Category: catNode,
 			Usage: "underlay interface, by name or address (repeatable; the first that exists wins; default: the default route's interface)"},

@@ -20,6 +20,11 @@ import (
 // agentStatus is what `overlay status` shows and /status serves: one JSON
 // document, taken at one moment, about the node and each of its peers.
 type agentStatus struct {
+	// SubnetManager is where the lease and the peers come from: "etcd" or
+	// "kube" (--kube-subnet-mgr).
+	SubnetManager string `json:"subnet_manager"`
+	// Node is this node's Node name with the kube subnet manager.
+	Node       string `json:"node,omitempty"`
 	Version    string `json:"version"`
 	Ready      bool   `json:"ready"`
 	Interface  string `json:"interface"`
@@ -39,8 +44,11 @@ type agentStatus struct {
 	// SourceCheck is the check on received frames' senders (--source-check);
 	// its drops are rx unknown_source and spoofed_source.
 	SourceCheck  string       `json:"sourceCheck"`
-	LeaseExpires *time.Time   `json:"leaseExpires,omitempty"` // nil for a reservation
+	LeaseExpires *time.Time   `json:"leaseExpires,omitempty"` // nil for a reservation and with the kube manager
 	Peers        []peerStatus `json:"peers"`
+	// MalformedPeers counts peer records (leases, Nodes) skipped because
+	// they cannot be used, each version once.
+	MalformedPeers uint64 `json:"malformed_peers"`
 	// Drops counts dropped packets by direction ("tx": TUN to UDP, "rx":
 	// UDP to TUN) and reason.
 	Drops map[string]map[string]uint64 `json:"drops"`
@@ -54,6 +62,8 @@ type traffic struct {
 }
 
 type peerStatus struct {
+	// Node is the peer's Node name with the kube subnet manager.
+	Node       string     `json:"node,omitempty"`
 	Subnet     string     `json:"subnet"`
 	IPv6Subnet string     `json:"ipv6Subnet,omitempty"`
 	Endpoint   string     `json:"endpoint"`
@@ -129,12 +139,13 @@ var (
 	descPeerB   = prometheus.NewDesc("overlay_peer_bytes_total", "Inner IP bytes exchanged with a peer, by direction.", []string{"peer", "direction"}, nil)
 	descExpiry  = prometheus.NewDesc("overlay_lease_expiry_seconds", "Seconds until the node's subnet lease expires (absent for a reservation).", nil, nil)
 	descReady   = prometheus.NewDesc("overlay_ready", "1 once the lease is held, the datapath runs and subnet.env is written.", nil, nil)
-	descInfo    = prometheus.NewDesc("overlay_info", "The agent's build and datapath mode.", []string{"version", "subnet", "tun_mode", "gso", "gro", "source_check"}, nil)
+	descInfo    = prometheus.NewDesc("overlay_info", "The agent's build, subnet manager and datapath mode.", []string{"version", "subnet", "tun_mode", "gso", "gro", "source_check", "subnet_manager"}, nil)
+	descBadPeer = prometheus.NewDesc("overlay_malformed_peers_total", "Peer records (etcd leases, Kubernetes Nodes) skipped because they cannot be used, each version once.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (s *statusServer) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descBytes, descDrops, descPeers, descPeerPkt, descPeerB, descExpiry, descReady, descInfo} {
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descDrops, descPeers, descPeerPkt, descPeerB, descExpiry, descReady, descInfo, descBadPeer} {
 		ch <- d
 	}
 }
@@ -173,5 +184,6 @@ func (s *statusServer) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	gauge(descReady, ready)
-	gauge(descInfo, 1, st.Version, st.Subnet, st.TUNMode, fmt.Sprint(st.GSO), fmt.Sprint(st.GRO), st.SourceCheck)
+	gauge(descInfo, 1, st.Version, st.Subnet, st.TUNMode, fmt.Sprint(st.GSO), fmt.Sprint(st.GRO), st.SourceCheck, st.SubnetManager)
+	counter(descBadPeer, st.MalformedPeers)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -16,6 +17,7 @@ func testStatus() agentStatus {
 	exp := time.Now().Add(23 * time.Hour)
 	seen := time.Now().Add(-3 * time.Second)
 	return agentStatus{
+		SubnetManager: "etcd", MalformedPeers: 3,
 		Version: "test", Interface: "eth0", PublicIP: "172.30.250.11", Network: "10.244.0.0/16",
 		Subnet: "10.244.62.0/24", VtepMAC: "3a:2e:6c:5d:b4:d6", VNI: 1, Port: 8472, MTU: 1450,
 		TUN: "overlay0", TUNMode: "offload", GSO: true, GRO: true, SourceCheck: "strict", LeaseExpires: &exp,
@@ -85,7 +87,8 @@ func TestStatusServer(t *testing.T) {
 		`overlay_ready 1`,
 		`overlay_drops_total{direction="rx",reason="unknown_source"} 7`,
 		`overlay_drops_total{direction="rx",reason="spoofed_source"} 0`,
-		`overlay_info{gro="true",gso="true",source_check="strict",subnet="10.244.62.0/24",tun_mode="offload",version="test"} 1`,
+		`overlay_info{gro="true",gso="true",source_check="strict",subnet="10.244.62.0/24",subnet_manager="etcd",tun_mode="offload",version="test"} 1`,
+		`overlay_malformed_peers_total 3`,
 		`overlay_lease_expiry_seconds 8279`,
 	} {
 		if !strings.Contains(metrics, want) {
@@ -108,7 +111,8 @@ func TestStatusServer(t *testing.T) {
 	if err := app.Run([]string{"overlay", "status", "--healthz-port", strconv.Itoa(port)}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"10.244.62.0/24 of 10.244.0.0/16", "offload", "172.30.250.12:8472", "3s ago", "rx wrong_vni: 4", "peers (2)",
+	for _, want := range []string{"10.244.62.0/24 of 10.244.0.0/16", "offload", "172.30.250.12:8472", "3s ago", "rx wrong_vni: 4",
+		"peers (2, 3 malformed records skipped)", "subnet manager:  etcd", "lease expires:",
 		"source check:", "strict, refused: unknown_source 7, spoofed_source 0"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("overlay status output lacks %q:\n%s", want, out.String())
@@ -126,5 +130,34 @@ func TestStatusCommandNoAgent(t *testing.T) {
 	err := app.Run([]string{"overlay", "status", "--healthz-port", "1"})
 	if err == nil || !strings.Contains(err.Error(), "no agent answers") {
 		t.Errorf("err = %v, want a 'no agent answers' error", err)
+	}
+}
+
+// TestStatusKube checks what /status and overlay status show with the kube
+// subnet manager: the manager, the node and each peer's Node name.
+func TestStatusKube(t *testing.T) {
+	st := testStatus()
+	st.SubnetManager, st.Node, st.LeaseExpires, st.MalformedPeers = "kube", "node-a", nil, 0
+	st.Peers[0].Node, st.Peers[1].Node = "node-b", "node-c"
+	raw, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"subnet_manager":"kube"`, `"node":"node-a"`, `"node":"node-b","subnet":"10.244.83.0/24"`, `"malformed_peers":0`} {
+		if !bytes.Contains(raw, []byte(want)) {
+			t.Errorf("/status JSON lacks %s:\n%s", want, raw)
+		}
+	}
+	var out bytes.Buffer
+	if err := printStatus(&out, st, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"subnet manager:  kube, Node node-a", "NODE    SUBNET", "node-b  10.244.83.0/24", "node-c  10.244.7.0/24", "peers (2):"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("overlay status output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "lease expires") {
+		t.Errorf("a kube lease does not expire:\n%s", out.String())
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -77,7 +78,12 @@ func printStatus(w io.Writer, st agentStatus, now time.Time) error {
 	if st.IPv6Subnet != "" {
 		fmt.Fprintf(tw, ", %s", st.IPv6Subnet)
 	}
-	fmt.Fprintf(tw, "\nlease expires:\t%s\n", expiry)
+	if st.SubnetManager == "kube" {
+		fmt.Fprintf(tw, "\nsubnet manager:\tkube, Node %s (its spec.podCIDR; does not expire)\n", st.Node)
+	} else {
+		fmt.Fprintf(tw, "\nsubnet manager:\t%s\n", cmp.Or(st.SubnetManager, "etcd"))
+		fmt.Fprintf(tw, "lease expires:\t%s\n", expiry)
+	}
 	fmt.Fprintf(tw, "underlay:\t%s on %s, UDP port %d, VNI %d\n", st.PublicIP, st.Interface, st.Port, st.VNI)
 	fmt.Fprintf(tw, "datapath:\t%s (%s), MTU %d, VtepMAC %s, GSO %s, GRO %s\n", st.TUN, st.TUNMode, st.MTU, st.VtepMAC, onOff(st.GSO), onOff(st.GRO))
 	fmt.Fprintf(tw, "source check:\t%s, refused: unknown_source %d, spoofed_source %d\n", st.SourceCheck,
@@ -88,13 +94,24 @@ func printStatus(w io.Writer, st agentStatus, now time.Time) error {
 		return err
 	}
 
-	fmt.Fprintf(w, "\npeers (%d):\n", len(st.Peers))
+	fmt.Fprintf(w, "\npeers (%d", len(st.Peers))
+	if st.MalformedPeers > 0 {
+		fmt.Fprintf(w, ", %d malformed records skipped", st.MalformedPeers)
+	}
+	fmt.Fprintln(w, "):")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	withNode := st.SubnetManager == "kube"
+	if withNode {
+		fmt.Fprint(tw, "NODE\t")
+	}
 	fmt.Fprintln(tw, "SUBNET\tENDPOINT\tVTEPMAC\tLAST SEEN\tTX PKTS\tTX BYTES\tRX PKTS\tRX BYTES")
 	for _, p := range st.Peers {
 		seen := "never"
 		if p.LastSeen != nil {
 			seen = now.Sub(*p.LastSeen).Round(time.Second).String() + " ago"
+		}
+		if withNode {
+			fmt.Fprintf(tw, "%s\t", cmp.Or(p.Node, "-"))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", p.Subnet, p.Endpoint, p.VtepMAC, seen,
 			p.Tx.Packets, humanBytes(p.Tx.Bytes), p.Rx.Packets, humanBytes(p.Rx.Bytes))

@@ -17,6 +17,7 @@ import (
 
 	"overlay/encap"
 	"overlay/lease"
+	"overlay/lease/kube"
 	"overlay/routes"
 	"overlay/tunnel"
 )
@@ -55,7 +56,8 @@ type agent struct {
 	cfg    *upConfig
 	log    *slog.Logger
 	netCfg *lease.Config
-	mgr    *lease.Manager
+	mgr    lease.SubnetManager
+	node   string // this node's Node name (kube); "" with etcd
 	acq    lease.AcquireOptions
 	mac    encap.MAC
 	vni    encap.VNI
@@ -81,8 +83,14 @@ type agent struct {
 // part of it failed for good.
 func runAgent(ctx context.Context, cfg *upConfig, log *slog.Logger) (err error) {
 	a := &agent{cfg: cfg, log: log}
-	log.Info("starting overlay", "version", buildVersion(), "interface", cfg.under.iface.Name,
-		"public-ip", cfg.under.publicIP, "etcd", cfg.etcd.Endpoints, "prefix", cfg.prefix)
+	if cfg.kube != nil {
+		log.Info("starting overlay", "version", buildVersion(), "interface", cfg.under.iface.Name,
+			"public-ip", cfg.under.publicIP, "subnet-manager", "kube", "api-server", cfg.kube.rest.Host,
+			"net-config", cfg.kube.netConfPath)
+	} else {
+		log.Info("starting overlay", "version", buildVersion(), "interface", cfg.under.iface.Name,
+			"public-ip", cfg.under.publicIP, "subnet-manager", "etcd", "etcd", cfg.etcd.Endpoints, "prefix", cfg.prefix)
+	}
 
 	// The health endpoint comes first, so /healthz answers (and /readyz
 	// says 503) while we wait for etcd.
@@ -102,14 +110,11 @@ func runAgent(ctx context.Context, cfg *upConfig, log *slog.Logger) (err error) 
 		}()
 	}
 
-	etcdCli, err := lease.NewClient(cfg.etcd)
+	closeMgr, err := a.newManager(ctx)
 	if err != nil {
 		return err
 	}
-	defer etcdCli.Close()
-	if a.mgr, err = lease.New(etcdCli, lease.Options{Prefix: cfg.prefix, Logger: log, RenewMargin: cfg.renewMargin}); err != nil {
-		return err
-	}
+	defer closeMgr()
 
 	if err := a.configure(ctx); err != nil {
 		return err
@@ -119,8 +124,12 @@ func runAgent(ctx context.Context, cfg *upConfig, log *slog.Logger) (err error) 
 		return fmt.Errorf("acquire a subnet lease: %w", err)
 	}
 	a.own.Store(own)
-	log.Info("lease acquired", "subnet", own.Subnet, "ipv6-subnet", own.IPv6Subnet, "key", own.Key,
-		"expires", own.Expiration, "reservation", own.Reservation())
+	if a.node != "" {
+		log.Info("lease acquired", "subnet", own.Subnet, "ipv6-subnet", own.IPv6Subnet, "node", a.node, "public-ip", own.PublicIP)
+	} else {
+		log.Info("lease acquired", "subnet", own.Subnet, "ipv6-subnet", own.IPv6Subnet, "key", own.Key,
+			"expires", own.Expiration, "reservation", own.Reservation())
+	}
 
 	if err := a.startDatapath(); err != nil {
 		return err
@@ -147,11 +156,13 @@ func runAgent(ctx context.Context, cfg *upConfig, log *slog.Logger) (err error) 
 	run("peer watch", func(ctx context.Context) error {
 		return a.mgr.Watch(ctx, cmp.Or(a.acq.PublicIP, a.acq.PublicIPv6), a.setPeers)
 	})
-	run("lease keeper", func(ctx context.Context) error { return a.mgr.Keep(ctx, own, a.acq, a.leaseChanged) })
 
 	if err := a.publish(ctx); err != nil {
 		cancel(err)
 	} else {
+		// Keep starts once the node carries traffic: the kube manager
+		// announces the node there (NetworkUnavailable=False).
+		run("lease keeper", func(ctx context.Context) error { return a.mgr.Keep(ctx, own, a.acq, a.leaseChanged) })
 		if sent, nerr := daemon.SdNotify(false, daemon.SdNotifyReady); nerr != nil {
 			log.Warn("systemd notify", "err", nerr)
 		} else if sent {
@@ -175,8 +186,45 @@ func runAgent(ctx context.Context, cfg *upConfig, log *slog.Logger) (err error) 
 	return nil
 }
 
-// configure reads the network config from etcd (waiting for it) and derives
-// what the lease and the datapath need.
+// newManager makes the subnet manager the flags ask for: the Kubernetes API
+// (--kube-subnet-mgr) or etcd. The returned func releases its client.
+func (a *agent) newManager(ctx context.Context) (func(), error) {
+	cfg := a.cfg
+	if cfg.kube == nil {
+		etcdCli, err := lease.NewClient(cfg.etcd)
+		if err != nil {
+			return nil, err
+		}
+		m, err := lease.New(etcdCli, lease.Options{Prefix: cfg.prefix, Logger: a.log, RenewMargin: cfg.renewMargin})
+		if err != nil {
+			etcdCli.Close()
+			return nil, err
+		}
+		a.mgr = m
+		return func() { etcdCli.Close() }, nil
+	}
+	kube.RouteKlog(a.log)
+	client, err := kube.NewClient(cfg.kube.rest)
+	if err != nil {
+		return nil, err
+	}
+	if a.node, err = kube.NodeName(ctx, client, cfg.kube.getenv); err != nil {
+		return nil, err
+	}
+	m, err := kube.New(kube.Options{
+		Client: client, NodeName: a.node, Prefix: cfg.kube.prefix, Config: cfg.kube.netConf,
+		SetNodeNetworkUnavailable: cfg.kube.setNU, Logger: a.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.mgr = m
+	return func() {}, nil
+}
+
+// configure reads the network config (from etcd, waiting for it, or the
+// net-conf.json read at start) and derives what the lease and the datapath
+// need.
 func (a *agent) configure(ctx context.Context) error {
 	var err error
 	if a.netCfg, err = a.mgr.Config(ctx); err != nil {
@@ -404,16 +452,18 @@ func (a *agent) leaseChanged(nl lease.Lease) {
 // statusSnapshot reads the agent's state for /status and /metrics.
 func (a *agent) statusSnapshot() agentStatus {
 	st := agentStatus{
-		Version:   buildVersion(),
-		Interface: a.cfg.under.iface.Name,
-		PublicIP:  a.cfg.under.publicIP.String(),
-		VtepMAC:   a.mac.String(),
-		VNI:       uint32(a.vni),
-		Port:      a.port,
-		MTU:       a.cfg.mtu,
-		Drops:     map[string]map[string]uint64{},
-		Totals:    map[string]traffic{},
-		Peers:     []peerStatus{},
+		SubnetManager: a.mgr.Name(),
+		Node:          a.node,
+		Version:       buildVersion(),
+		Interface:     a.cfg.under.iface.Name,
+		PublicIP:      a.cfg.under.publicIP.String(),
+		VtepMAC:       a.mac.String(),
+		VNI:           uint32(a.vni),
+		Port:          a.port,
+		MTU:           a.cfg.mtu,
+		Drops:         map[string]map[string]uint64{},
+		Totals:        map[string]traffic{},
+		Peers:         []peerStatus{},
 	}
 	if a.cfg.under.publicIPv6.IsValid() {
 		st.PublicIPv6 = a.cfg.under.publicIPv6.String()
@@ -431,8 +481,18 @@ func (a *agent) statusSnapshot() agentStatus {
 			st.LeaseExpires = &exp
 		}
 	}
+	st.MalformedPeers = a.mgr.MalformedPeers()
 	if a.tun == nil {
 		return st
+	}
+	nodes := map[netip.Prefix]string{}
+	if peers := a.peers.Load(); peers != nil {
+		for _, l := range *peers {
+			if l.Node != "" {
+				nodes[l.Subnet] = l.Node
+				nodes[l.IPv6Subnet] = l.Node
+			}
+		}
 	}
 	ts := a.tun.Stats()
 	st.TUN, st.TUNMode, st.GSO, st.GRO = ts.Device, ts.Mode.String(), ts.GSO, ts.GRO
@@ -450,6 +510,7 @@ func (a *agent) statusSnapshot() agentStatus {
 	}
 	for _, p := range a.table.Stats() {
 		ps := peerStatus{
+			Node:     nodes[p.Subnet],
 			Subnet:   p.Subnet.String(),
 			Endpoint: p.Endpoint.String(),
 			VtepMAC:  p.MAC.String(),

@@ -13,9 +13,11 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"k8s.io/client-go/rest"
 
 	"overlay/encap"
 	"overlay/lease"
+	"overlay/lease/kube"
 	"overlay/tunnel"
 )
 
@@ -38,6 +40,7 @@ const (
 type upConfig struct {
 	etcd        lease.ClientOptions
 	prefix      string
+	kube        *kubeConfig // nil: etcd
 	under       underlay
 	subnetFile  string
 	renewMargin time.Duration
@@ -52,6 +55,64 @@ type upConfig struct {
 	healthzAddr string // "" when disabled
 	logLevel    string
 	logFormat   string
+}
+
+// kubeConfig is the --kube-subnet-mgr part of upConfig: everything checked
+// locally (kubeconfig, net-conf.json, annotation prefix, node name
+// environment) before the API server is contacted.
+type kubeConfig struct {
+	rest        *rest.Config
+	prefix      string
+	netConf     *lease.Config
+	netConfPath string
+	setNU       bool
+	getenv      func(string) string
+}
+
+// etcdOnlyFlags have no meaning with --kube-subnet-mgr.
+var etcdOnlyFlags = []string{"etcd-endpoints", "etcd-prefix", "etcd-cafile", "etcd-certfile", "etcd-keyfile",
+	"etcd-username", "etcd-password", "etcd-dial-timeout", "subnet-lease-renew-margin"}
+
+// kubeOnlyFlags have no meaning without it.
+var kubeOnlyFlags = []string{"kubeconfig-file", "kube-api-url", "kube-annotation-prefix", "net-config-path", "set-node-network-unavailable"}
+
+// parseKube checks the --kube-subnet-mgr flags: conflicts with etcd flags,
+// the annotation prefix, the node name environment, the API server config
+// and net-conf.json, in that order, without contacting anything.
+func parseKube(c *cli.Context, getenv func(string) string) (*kubeConfig, error) {
+	if !c.Bool("kube-subnet-mgr") {
+		for _, f := range kubeOnlyFlags {
+			if c.IsSet(f) {
+				return nil, fmt.Errorf("--%s needs --kube-subnet-mgr (without it, subnets come from etcd)", f)
+			}
+		}
+		return nil, nil
+	}
+	for _, f := range etcdOnlyFlags {
+		if c.IsSet(f) {
+			return nil, fmt.Errorf("--%s is an etcd flag and cannot be used with --kube-subnet-mgr, which keeps subnets in the Kubernetes API; drop one of them", f)
+		}
+	}
+	k := &kubeConfig{
+		prefix:      c.String("kube-annotation-prefix"),
+		netConfPath: c.String("net-config-path"),
+		setNU:       c.Bool("set-node-network-unavailable"),
+		getenv:      getenv,
+	}
+	if _, err := kube.NewKeys(k.prefix); err != nil {
+		return nil, fmt.Errorf("--kube-annotation-prefix: %w", err)
+	}
+	if err := kube.CheckNodeEnv(getenv); err != nil {
+		return nil, fmt.Errorf("--kube-subnet-mgr: %w", err)
+	}
+	var err error
+	if k.rest, err = (kube.ClientOptions{Kubeconfig: c.String("kubeconfig-file"), APIURL: c.String("kube-api-url"), Getenv: getenv}).RESTConfig(); err != nil {
+		return nil, fmt.Errorf("--kube-subnet-mgr: %w", err)
+	}
+	if k.netConf, err = kube.ReadNetConf(k.netConfPath); err != nil {
+		return nil, err
+	}
+	return k, nil
 }
 
 // parseUp checks every flag of `overlay up` and returns the first problem
@@ -86,12 +147,18 @@ func parseUp(c *cli.Context, log *slog.Logger) (*upConfig, error) {
 	default:
 		return nil, fmt.Errorf("--backend %q: unknown backend; want userspace", b)
 	}
-	if err := checkPrefix(cfg.prefix); err != nil {
+	var err error
+	if cfg.kube, err = parseKube(c, os.Getenv); err != nil {
 		return nil, err
 	}
-	cfg.etcd = etcdClientOptions(c, log)
-	if _, err := cfg.etcd.TLSConfig(); err != nil {
-		return nil, fmt.Errorf("%w (check --etcd-cafile, --etcd-certfile, --etcd-keyfile)", err)
+	if cfg.kube == nil {
+		if err := checkPrefix(cfg.prefix); err != nil {
+			return nil, err
+		}
+		cfg.etcd = etcdClientOptions(c, log)
+		if _, err := cfg.etcd.TLSConfig(); err != nil {
+			return nil, fmt.Errorf("%w (check --etcd-cafile, --etcd-certfile, --etcd-keyfile)", err)
+		}
 	}
 
 	m := c.Int("subnet-lease-renew-margin")
@@ -122,7 +189,6 @@ func parseUp(c *cli.Context, log *slog.Logger) (*upConfig, error) {
 	} else if cfg.tunFD < 3 {
 		return nil, fmt.Errorf("--tun-fd %d is standard input, output or error, not a TUN device", cfg.tunFD)
 	}
-	var err error
 	if cfg.tunDriver, err = tunnel.ParseDriver(c.String("tun-driver")); err != nil {
 		return nil, fmt.Errorf("--tun-driver: %w", err)
 	}

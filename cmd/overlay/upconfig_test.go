@@ -3,6 +3,8 @@ package main
 import (
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -143,4 +145,78 @@ func TestLoggerFlags(t *testing.T) {
 	if _, err := newLogger(io.Discard, "debug", "json"); err != nil {
 		t.Error(err)
 	}
+}
+
+// TestParseUpKube checks the --kube-subnet-mgr flags: everything is
+// checked before anything is contacted or touched.
+func TestParseUpKube(t *testing.T) {
+	dir := t.TempDir()
+	netConf := filepath.Join(dir, "net-conf.json")
+	if err := os.WriteFile(netConf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	badConf := filepath.Join(dir, "bad.json")
+	if err := os.WriteFile(badConf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unsetenv(t, "KUBERNETES_SERVICE_HOST")
+	t.Setenv("NODE_NAME", "node-a")
+	base := []string{"--iface=lo", "--public-ip=172.30.250.11", "--kube-subnet-mgr", "--kube-api-url=http://127.0.0.1:6443", "--net-config-path=" + netConf}
+	cfg, err := parseArgs(t, base...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.kube == nil || cfg.kube.rest.Host != "http://127.0.0.1:6443" || cfg.kube.netConf.Network.String() != "10.244.0.0/16" ||
+		cfg.kube.prefix != "flannel.alpha.coreos.com" || !cfg.kube.setNU {
+		t.Errorf("kube config: %+v", cfg.kube)
+	}
+	// flanneld's environment variables.
+	t.Setenv("FLANNELD_KUBE_ANNOTATION_PREFIX", "example.com/net")
+	t.Setenv("FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", "false")
+	if cfg, err = parseArgs(t, base...); err != nil || cfg.kube.prefix != "example.com/net" || cfg.kube.setNU {
+		t.Errorf("from environment: %+v, %v", cfg, err)
+	}
+	unsetenv(t, "FLANNELD_KUBE_ANNOTATION_PREFIX")
+	unsetenv(t, "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE")
+
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{append(base, "--etcd-endpoints=http://127.0.0.1:2379"), nil, "--etcd-endpoints is an etcd flag"},
+		{append(base, "--etcd-prefix=/x"), nil, "--etcd-prefix is an etcd flag"},
+		{append(base, "--subnet-lease-renew-margin=5"), nil, "--subnet-lease-renew-margin is an etcd flag"},
+		{[]string{"--iface=lo", "--kubeconfig-file=/x"}, nil, "--kubeconfig-file needs --kube-subnet-mgr"},
+		{[]string{"--iface=lo", "--net-config-path=/x"}, nil, "--net-config-path needs --kube-subnet-mgr"},
+		{append(base, "--kube-annotation-prefix=a/b/c"), nil, "--kube-annotation-prefix"},
+		{base, map[string]string{"NODE_NAME": ""}, "NODE_NAME"},
+		{[]string{"--iface=lo", "--kube-subnet-mgr", "--net-config-path=" + netConf}, nil, "no API server"},
+		{[]string{"--iface=lo", "--kube-subnet-mgr", "--kube-api-url=127.0.0.1", "--net-config-path=" + netConf}, nil, "--kube-api-url"},
+		{[]string{"--iface=lo", "--kube-subnet-mgr", "--kube-api-url=http://127.0.0.1:6443"}, nil, "/etc/kube-flannel/net-conf.json"},
+		{[]string{"--iface=lo", "--kube-subnet-mgr", "--kube-api-url=http://127.0.0.1:6443", "--net-config-path=" + badConf}, nil, "Backend.Type"},
+	} {
+		for k, v := range tc.env {
+			t.Setenv(k, v)
+		}
+		_, err := parseArgs(t, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error with %q", tc.args, err, tc.want)
+		}
+		t.Setenv("NODE_NAME", "node-a")
+	}
+	// POD_NAME and POD_NAMESPACE stand in for NODE_NAME.
+	unsetenv(t, "NODE_NAME")
+	t.Setenv("POD_NAME", "overlay-x")
+	t.Setenv("POD_NAMESPACE", "kube-system")
+	if _, err := parseArgs(t, base...); err != nil {
+		t.Errorf("POD_NAME and POD_NAMESPACE: %v", err)
+	}
+}
+
+// unsetenv removes k from the environment until the test ends.
+func unsetenv(t *testing.T, k string) {
+	t.Helper()
+	t.Setenv(k, "") // restores the old value at the end
+	os.Unsetenv(k)
 }
