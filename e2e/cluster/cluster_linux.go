@@ -427,6 +427,9 @@ func (c *Cluster) AddNode(ctx context.Context, opts NodeOptions) (n *Node, err e
 		err = n.Start(ctx)
 	case KernelFlannel:
 		err = n.startKernel(ctx)
+	case External:
+		c.log.Info("external node ready for its datapath", "node", name)
+		return n, nil
 	default:
 		err = fmt.Errorf("unknown node kind %v", opts.Kind)
 	}

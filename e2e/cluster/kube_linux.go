@@ -201,8 +201,16 @@ func (c *Cluster) registerNode(ctx context.Context, n *Node) error {
 		return err
 	}
 	_, err = c.kube.CoreV1().Nodes().Create(ctx, &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{"kubernetes.io/os": "linux", "kubernetes.io/hostname": n.Name}},
-		Spec:       corev1.NodeSpec{PodCIDR: cidr.String(), PodCIDRs: []string{cidr.String()}},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:   n.Name,
+			Labels: map[string]string{"kubernetes.io/os": "linux", "kubernetes.io/hostname": n.Name},
+			// A registered kubelet's Node always has annotations; flanneld
+			// v0.28.10 panics on a Node without any (it writes into the
+			// nil map), so the harness's Nodes carry the one the node
+			// controller sets.
+			Annotations: map[string]string{"node.alpha.kubernetes.io/ttl": "0"},
+		},
+		Spec: corev1.NodeSpec{PodCIDR: cidr.String(), PodCIDRs: []string{cidr.String()}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create Node %s: %w", n.Name, err)
@@ -441,4 +449,35 @@ func (n *Node) AddUnderlayAddr(addr netip.Addr) error {
 func Iperf3(ctx context.Context, src, dst *Pod, d time.Duration) (bitsPerSec float64, retransmits int, err error) {
 	t, err := iperf3(ctx, src, dst, d)
 	return t.bitsPerSec, t.retransmits, err
+}
+
+// AdoptExternal finishes an External node once its own datapath (a real
+// flanneld, say) has written n.SubnetFile and published its lease: it
+// records the subnet, MTU and VtepMAC and builds the node's cni0 and pods.
+// It waits up to a minute for the subnet file.
+func (n *Node) AdoptExternal(ctx context.Context) error {
+	if n.Kind != External {
+		return fmt.Errorf("%s is not an external node", n.Name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var env map[string]string
+	var err error
+	for {
+		if env, err = readEnvFile(n.SubnetFile); err == nil {
+			break
+		}
+		if !sleepCtx(ctx, 100*time.Millisecond) {
+			return fmt.Errorf("%s: no subnet file: %w (last: %v)", n.Name, ctx.Err(), err)
+		}
+	}
+	for {
+		if err = n.noteReady(ctx, env); err == nil {
+			break
+		}
+		if !sleepCtx(ctx, 200*time.Millisecond) {
+			return fmt.Errorf("%s: %w (last: %v)", n.Name, ctx.Err(), err)
+		}
+	}
+	return n.addPods(ctx)
 }

@@ -100,6 +100,11 @@ const (
 	// KernelFlannel nodes run no overlay: the harness programs kernel VXLAN
 	// exactly as flannel's vxlan backend would.
 	KernelFlannel
+	// External nodes get their namespace, underlay link (and, in kube
+	// mode, their Node) but no datapath: the caller starts one in the
+	// node's namespace, such as a real flanneld writing n.SubnetFile, and
+	// then calls [Node.AdoptExternal] to get the node's pods.
+	External
 )
 
 func (k NodeKind) String() string {
@@ -108,6 +113,8 @@ func (k NodeKind) String() string {
 		return "overlay"
 	case KernelFlannel:
 		return "kernel-flannel"
+	case External:
+		return "external"
 	}
 	return "NodeKind(" + strconv.Itoa(int(k)) + ")"
 }
