@@ -9,8 +9,11 @@ BENCHSTAT   := $(GOBIN)/benchstat
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN        := bin/overlay
 PKGS       := ./...
+# The real kube-apiserver of the kube-mode tests, in its own Go module so
+# the agent links none of it (e2e/KUBE.md).
+KUBEMOD    := e2e/kube
 
-.PHONY: all build test race check fmt tidy vet staticcheck deps sysdeps toolpath demo e2e bench bench-go bench-quick fuzz clean bench-go-once
+.PHONY: all build test race check fmt tidy vet staticcheck deps sysdeps toolpath demo demo-kube e2e bench bench-go bench-quick fuzz clean bench-go-once
 
 all: build
 
@@ -66,9 +69,11 @@ fmt:
 vet:
 	$(GO) vet $(PKGS)
 	GOOS=darwin $(GO) build $(PKGS)
+	cd $(KUBEMOD) && $(GO) vet ./...
 
 staticcheck: deps
 	$(STATICCHECK) $(PKGS)
+	cd $(KUBEMOD) && $(STATICCHECK) ./...
 
 # The test binaries run with PATH=$(TOOLPATH): only what SYSDEPS declares.
 TESTEXEC := -exec "env PATH=$(TOOLPATH)"
@@ -92,6 +97,7 @@ check: deps fmt tidy vet staticcheck race bench-go-once
 # go.mod and go.sum are exactly what go mod tidy makes.
 tidy:
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy; it would change:"; $(GO) mod tidy -diff; exit 1; }
+	@cd $(KUBEMOD) && { $(GO) mod tidy -diff >/dev/null || { echo "$(KUBEMOD)/go.mod/go.sum are not tidy: run go mod tidy there; it would change:"; $(GO) mod tidy -diff; exit 1; }; }
 
 # Every Go benchmark once, so none of them rots; figures are not judged here.
 bench-go-once: toolpath
@@ -128,6 +134,11 @@ bench-quick: build toolpath
 # The README's first command: a three-node cluster in network namespaces.
 demo: build sysdeps
 	$(BIN) demo
+
+# The same in kube mode: a real kube-apiserver (built from $(KUBEMOD) once,
+# then cached), Nodes with pod CIDRs, agents with --kube-subnet-mgr.
+demo-kube: build sysdeps
+	$(BIN) demo --kube
 
 clean:
 	rm -rf bin bench-go.txt test.log e2e.log

@@ -22,6 +22,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"k8s.io/client-go/kubernetes"
+
+	"overlay/e2e/kubeapi"
 )
 
 // Cluster is a hub namespace with etcd and a set of nodes. Create one with
@@ -35,6 +38,9 @@ type Cluster struct {
 	bridge     string
 
 	client *clientv3.Client
+	// kube is the admin client of the apiserver in kube mode, set by New.
+	kube             kubernetes.Interface
+	annotationPrefix string
 
 	mu       sync.Mutex // guards the fields below
 	nodes    []*Node
@@ -42,8 +48,10 @@ type Cluster struct {
 	nextNode int
 	etcd     *proc
 	etcdBin  []string // binary and leading args ("overlay", "etcd")
-	closed   bool
-	closeErr error
+	// apiserver is the kube-mode cluster's kube-apiserver (nil in etcd mode).
+	apiserver *kubeapi.Server
+	closed    bool
+	closeErr  error
 }
 
 // New builds the hub namespace with its underlay bridge, starts etcd in it
@@ -113,6 +121,9 @@ func New(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	if err = c.waitEtcd(ctx); err != nil {
 		return c, err
+	}
+	if opts.Kube != nil {
+		return c, c.startKube(ctx)
 	}
 	if cfg := c.networkConfig(); cfg != "" {
 		if _, err = c.client.Put(ctx, c.etcdPrefix+"/config", cfg); err != nil {
@@ -354,6 +365,9 @@ func (c *Cluster) AddNode(ctx context.Context, opts NodeOptions) (n *Node, err e
 	if opts.Rootless != nil && opts.Kind != Agent {
 		return nil, errors.New("rootless applies to agent nodes only")
 	}
+	if opts.Rootless != nil && c.KubeMode() {
+		return nil, errors.New("rootless nodes are not supported in kube mode")
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -403,11 +417,19 @@ func (c *Cluster) AddNode(ctx context.Context, opts NodeOptions) (n *Node, err e
 	if err := n.NS.sysctl("net/ipv4/ip_forward", "1"); err != nil {
 		return n, fmt.Errorf("ip_forward: %w", err)
 	}
+	if c.KubeMode() {
+		if err := c.registerNode(ctx, n); err != nil {
+			return n, err
+		}
+	}
 	switch opts.Kind {
 	case Agent:
 		err = n.Start(ctx)
 	case KernelFlannel:
 		err = n.startKernel(ctx)
+	case External:
+		c.log.Info("external node ready for its datapath", "node", name)
+		return n, nil
 	default:
 		err = fmt.Errorf("unknown node kind %v", opts.Kind)
 	}
@@ -475,7 +497,7 @@ func (c *Cluster) Close() error {
 	}
 	c.closed = true
 	nodes, hosts := c.nodes, c.hosts
-	etcd := c.etcd
+	etcd, apiserver := c.etcd, c.apiserver
 	c.mu.Unlock()
 
 	// Nodes stop in parallel: each agent may take its SIGTERM grace period.
@@ -489,6 +511,11 @@ func (c *Cluster) Close() error {
 		}()
 	}
 	wg.Wait()
+	if apiserver != nil {
+		if err := apiserver.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.client != nil {
 		_ = c.client.Close()
 	}
@@ -542,6 +569,9 @@ func killAndDelete(ctx context.Context, ns NS) error {
 // under a header naming the file, to w.
 func (c *Cluster) DumpLogs(w io.Writer, lines int) {
 	fmt.Fprintf(w, "--- %s (last %d lines)\n%s\n", c.EtcdLogPath(), lines/2, tailFile(c.EtcdLogPath(), lines/2))
+	if s := c.APIServer(); s != nil {
+		fmt.Fprintf(w, "--- %s (last %d lines)\n%s\n", s.LogPath(), lines/2, tailFile(s.LogPath(), lines/2))
+	}
 	for _, n := range c.Nodes() {
 		if n.Kind == Agent {
 			fmt.Fprintf(w, "--- %s (last %d lines)\n%s\n", n.LogPath, lines, tailFile(n.LogPath, lines))
@@ -633,19 +663,21 @@ func (n *Node) TUNName() string { return n.c.opts.Prefix + "tun" }
 // AgentArgs is the `overlay up` command line (without the binary) the node
 // runs.
 func (n *Node) AgentArgs() []string {
-	args := []string{
-		"up",
-		"--backend=userspace",
-		"--etcd-endpoints=" + EtcdEndpoint(),
-		"--etcd-prefix=" + n.c.etcdPrefix,
-		"--iface=eth0",
-		"--public-ip=" + n.Underlay.String(),
-		"--subnet-file=" + n.SubnetFile,
-		"--healthz-ip=127.0.0.1",
-		"--healthz-port=" + strconv.Itoa(HealthzPort),
-		"--tun-name=" + n.TUNName(),
-		"--log-level=debug",
+	args := []string{"up", "--backend=userspace"}
+	if n.c.KubeMode() {
+		args = append(args, n.c.kubeAgentArgs()...)
+	} else {
+		args = append(args, "--etcd-endpoints="+EtcdEndpoint(), "--etcd-prefix="+n.c.etcdPrefix)
 	}
+	args = append(args,
+		"--iface=eth0",
+		"--public-ip="+n.Underlay.String(),
+		"--subnet-file="+n.SubnetFile,
+		"--healthz-ip=127.0.0.1",
+		"--healthz-port="+strconv.Itoa(HealthzPort),
+		"--tun-name="+n.TUNName(),
+		"--log-level=debug",
+	)
 	args = append(args, n.c.opts.AgentArgs...)
 	return append(args, n.opts.Args...)
 }
@@ -669,6 +701,10 @@ func (n *Node) Start(ctx context.Context) error {
 			"--target", strconv.Itoa(n.holder.pid()), "--user", "--net", "--", n.c.opts.Binary}, n.AgentArgs()...)...)
 	} else {
 		cmd = n.NS.Command(context.Background(), n.c.opts.Binary, n.AgentArgs()...)
+	}
+	if n.c.KubeMode() {
+		// flanneld's way to name its Node, as the DaemonSet sets it.
+		cmd.Env = append(os.Environ(), "NODE_NAME="+n.Name)
 	}
 	cmd.Cancel = nil
 	p, err := startProc(n.Name+" agent", cmd, n.LogPath)
@@ -725,11 +761,19 @@ func (n *Node) noteReady(ctx context.Context, env map[string]string) error {
 	if err != nil {
 		return fmt.Errorf("subnet.env FLANNEL_MTU %q: %w", env["FLANNEL_MTU"], err)
 	}
-	l, err := n.c.Lease(ctx, sub.Masked())
+	var l Lease
+	if n.c.KubeMode() {
+		l, err = n.c.kubeLease(ctx, n.Name)
+		if err == nil && l.Subnet != sub.Masked() {
+			err = fmt.Errorf("Node %s podCIDR %v, but subnet.env says %v", n.Name, l.Subnet, sub)
+		}
+	} else {
+		l, err = n.c.Lease(ctx, sub.Masked())
+	}
 	if err != nil {
 		return fmt.Errorf("lease of ready agent: %w", err)
 	}
-	if l.PublicIP != n.Underlay {
+	if l.PublicIP != n.Underlay && !n.c.KubeMode() {
 		return fmt.Errorf("lease %s has PublicIP %v, want %v", l.Key, l.PublicIP, n.Underlay)
 	}
 	n.mu.Lock()

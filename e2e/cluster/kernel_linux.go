@@ -127,7 +127,11 @@ func (n *Node) setupKernel(ctx context.Context) (*kernelNode, error) {
 			return nil, fmt.Errorf("model a physical NIC on eth0: %w", err)
 		}
 	}
-	if err := k.acquire(ctx); err != nil {
+	acquire := k.acquire
+	if n.c.KubeMode() {
+		acquire = k.kubeAcquire
+	}
+	if err := acquire(ctx); err != nil {
 		return nil, err
 	}
 	err = n.NS.netlink(func(h *netlink.Handle) error {
@@ -263,6 +267,10 @@ func (k *kernelNode) start() {
 	k.cancel, k.done = cancel, done
 	go func() {
 		defer close(done)
+		if k.n.c.KubeMode() {
+			k.kubeRun(ctx)
+			return
+		}
 		k.run(ctx)
 	}()
 }
@@ -319,6 +327,10 @@ func (k *kernelNode) run(ctx context.Context) {
 }
 
 func (k *kernelNode) resync(ctx context.Context) error {
+	if k.n.c.KubeMode() {
+		_, err := k.kubeResync(ctx)
+		return err
+	}
 	_, err := k.resyncRev(ctx)
 	return err
 }

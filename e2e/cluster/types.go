@@ -75,6 +75,20 @@ type Options struct {
 	AgentArgs []string
 	// Log receives the harness's own events; nil discards them.
 	Log *slog.Logger
+	// Kube, when set, runs the cluster in kube mode: a real kube-apiserver
+	// over the cluster's etcd, Nodes with pod CIDRs, agents with
+	// --kube-subnet-mgr and kernel nodes emulating flanneld's kube mode.
+	Kube *KubeOptions
+}
+
+// KubeOptions configure a kube-mode [Cluster].
+type KubeOptions struct {
+	// APIServerBinary is the kube-apiserver-test binary (required; see
+	// package overlay/e2e/kubeapi's Build).
+	APIServerBinary string
+	// AnnotationPrefix is flannel's annotation prefix; empty means
+	// flannel.alpha.coreos.com.
+	AnnotationPrefix string
 }
 
 // NodeKind says what carries a node's pod traffic.
@@ -86,6 +100,11 @@ const (
 	// KernelFlannel nodes run no overlay: the harness programs kernel VXLAN
 	// exactly as flannel's vxlan backend would.
 	KernelFlannel
+	// External nodes get their namespace, underlay link (and, in kube
+	// mode, their Node) but no datapath: the caller starts one in the
+	// node's namespace, such as a real flanneld writing n.SubnetFile, and
+	// then calls [Node.AdoptExternal] to get the node's pods.
+	External
 )
 
 func (k NodeKind) String() string {
@@ -94,6 +113,8 @@ func (k NodeKind) String() string {
 		return "overlay"
 	case KernelFlannel:
 		return "kernel-flannel"
+	case External:
+		return "external"
 	}
 	return "NodeKind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -397,22 +418,27 @@ func lastLines(s string, n int) string {
 // AgentStatus is the part of an agent's GET /status document the harness
 // reads (the agent serves more; unknown fields are ignored).
 type AgentStatus struct {
-	Ready        bool                         `json:"ready"`
-	PublicIP     string                       `json:"publicIP"`
-	Subnet       string                       `json:"subnet"`
-	VtepMAC      string                       `json:"vtepMAC"`
-	VNI          uint32                       `json:"vni"`
-	Port         int                          `json:"port"`
-	MTU          int                          `json:"mtu"`
-	TUN          string                       `json:"tun"`
-	TUNMode      string                       `json:"tunMode"`
-	GSO          bool                         `json:"gso"`
-	GRO          bool                         `json:"gro"`
-	SourceCheck  string                       `json:"sourceCheck"`
-	LeaseExpires *time.Time                   `json:"leaseExpires"`
-	Peers        []PeerStatus                 `json:"peers"`
-	Drops        map[string]map[string]uint64 `json:"drops"`
-	Totals       map[string]Traffic           `json:"totals"`
+	Ready        bool         `json:"ready"`
+	PublicIP     string       `json:"publicIP"`
+	Subnet       string       `json:"subnet"`
+	VtepMAC      string       `json:"vtepMAC"`
+	VNI          uint32       `json:"vni"`
+	Port         int          `json:"port"`
+	MTU          int          `json:"mtu"`
+	TUN          string       `json:"tun"`
+	TUNMode      string       `json:"tunMode"`
+	GSO          bool         `json:"gso"`
+	GRO          bool         `json:"gro"`
+	SourceCheck  string       `json:"sourceCheck"`
+	LeaseExpires *time.Time   `json:"leaseExpires"`
+	Peers        []PeerStatus `json:"peers"`
+	// SubnetManager is "etcd" or "kube"; Node is the agent's Node name in
+	// kube mode.
+	SubnetManager  string                       `json:"subnet_manager"`
+	Node           string                       `json:"node"`
+	MalformedPeers uint64                       `json:"malformed_peers"`
+	Drops          map[string]map[string]uint64 `json:"drops"`
+	Totals         map[string]Traffic           `json:"totals"`
 }
 
 // PeerStatus is one peer in an agent's /status.
@@ -420,6 +446,7 @@ type PeerStatus struct {
 	Subnet   string  `json:"subnet"`
 	Endpoint string  `json:"endpoint"`
 	VtepMAC  string  `json:"vtepMAC"`
+	Node     string  `json:"node"`
 	Tx       Traffic `json:"tx"`
 	Rx       Traffic `json:"rx"`
 }
