@@ -60,6 +60,11 @@ type Config struct {
 	SocketBuffer int
 	// LockThreads locks each direction's goroutine to an OS thread.
 	LockThreads bool
+	// SendMsg sends the super-packets' segmented messages with one
+	// sendmsg each from a socket of the relay's own instead of the
+	// tunnel's sendmmsg; ZeroCopy (which implies SendMsg) adds
+	// MSG_ZEROCOPY to those sends. The zero-copy lever's A/B.
+	SendMsg, ZeroCopy bool
 	// CPUOut and CPUIn, when >= 0, pin the out and in goroutines' threads
 	// to that CPU (implies LockThreads). -1 leaves them to the scheduler.
 	CPUOut, CPUIn int
@@ -90,6 +95,9 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("floor: batch %d not in 1..1024", c.Batch)
 	case c.SocketBuffer < 0:
 		return c, fmt.Errorf("floor: socket buffer %d is negative", c.SocketBuffer)
+	}
+	if c.ZeroCopy {
+		c.SendMsg = true
 	}
 	if c.CPUOut >= 0 || c.CPUIn >= 0 {
 		c.LockThreads = true

@@ -65,6 +65,18 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 		copy(h.b[:], buf)
 	}
 	o := &out{cfg: cfg, vio: vio, conn: conn, hdr4: hdr4, hdr6: hdr6}
+	if cfg.SendMsg {
+		if o.ms, err = newMsgSender(cfg.Local, cfg.Peer, cfg.ZeroCopy, cfg.SocketBuffer); err != nil {
+			return err
+		}
+		defer func() {
+			o.ms.close()
+			if cfg.ZeroCopy {
+				fmt.Fprintf(os.Stderr, "floor: zero-copy sends %d, completion reports %d, of which copied %d; refused and sent copied %d; send errors %d (last %v)\n",
+					o.ms.sent, o.ms.reports, o.ms.copied, o.ms.fallbacks, o.ms.sendErrs, o.ms.lastErr)
+			}
+		}()
+	}
 	i := &in{cfg: cfg, conn: conn, vio: vio, co: tunnel.NewCoalescer(vio)}
 	errc := make(chan error, 2)
 	go func() { errc <- pinned(cfg.LockThreads, cfg.CPUOut, o.run) }()
@@ -110,6 +122,7 @@ type out struct {
 	vio        tunnel.VnetIO
 	conn       tunnel.Conn
 	hdr4, hdr6 [encap.Headroom]byte
+	ms         *msgSender // with Config.SendMsg: the super-packets' sender
 }
 
 func (o *out) run() error {
@@ -159,6 +172,22 @@ func (o *out) run() error {
 		}
 		if super != nil {
 			msgs = o.segment(msgs, frames[len(frames):], hdrs, super)
+		}
+		if o.ms != nil && super != nil {
+			// The super-packet's messages follow the batch's others.
+			k := len(msgs)
+			for k > 0 && msgs[k-1].Segment > 0 {
+				k--
+			}
+			if k > 0 {
+				if err := o.conn.WriteBatch(msgs[:k]); err != nil && closed(err) {
+					return nil
+				}
+			}
+			for j := k; j < len(msgs); j++ {
+				o.ms.send(&msgs[j])
+			}
+			msgs = msgs[:0]
 		}
 		if len(msgs) == 0 {
 			continue

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,9 +47,16 @@ func run(t *testing.T, argv ...string) string {
 // TestFloorKernelVXLAN checks that the floor relay speaks VXLAN on the
 // wire: a relay in node a and a kernel VTEP configured as flannel.1 in node
 // b carry pings of small and MTU-sized packets both ways, and TCP both
-// ways (the relay's TSO segmentation out, its coalescing in).
+// ways (the relay's TSO segmentation out, its coalescing in); also with
+// the zero-copy sender of super-packets, and without coalescing.
 func TestFloorKernelVXLAN(t *testing.T) {
 	requireRoot(t)
+	for _, flags := range [][]string{nil, {"--sendmsg"}, {"--zerocopy"}, {"--no-coalesce"}} {
+		t.Run(strings.Join(append([]string{"flags"}, flags...), ""), func(t *testing.T) { floorKernelVXLAN(t, flags) })
+	}
+}
+
+func floorKernelVXLAN(t *testing.T, flags []string) {
 	var r [3]byte
 	rand.Read(r[:])
 	tag := hex.EncodeToString(r[:])
@@ -90,9 +98,9 @@ func TestFloorKernelVXLAN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	relay := exec.Command("ip", "netns", "exec", a, exe, floor.Arg, "--tun", "fl-tun0", "--mtu", "1450",
+	relay := exec.Command("ip", append([]string{"netns", "exec", a, exe, floor.Arg, "--tun", "fl-tun0", "--mtu", "1450",
 		"--local", "172.30.250.1:8472", "--peer", "172.30.250.2:8472",
-		"--mac", "02:00:0a:f4:01:00", "--peer-mac", "02:00:0a:f4:02:00")
+		"--mac", "02:00:0a:f4:01:00", "--peer-mac", "02:00:0a:f4:02:00"}, flags...)...)
 	stdout, err := relay.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -103,8 +111,15 @@ func TestFloorKernelVXLAN(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		relay.Process.Kill()
-		relay.Wait()
+		relay.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { relay.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			relay.Process.Kill()
+			<-done
+		}
 		if s := stderr.String(); s != "" {
 			t.Logf("relay stderr:\n%s", s)
 		}
