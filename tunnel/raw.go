@@ -15,15 +15,20 @@ const VnetHdrLen = vnetHdrLen
 // VnetIO moves one packet, behind its virtio-net header, per system call
 // on an offloading TUN (see OpenTUN with DriverOffload).
 type VnetIO struct {
-	r vnetReader
-	w vnetWriter
+	r   vnetReader
+	w   func(pieces [][]byte) error
+	uso bool
 }
 
 // RawVnet returns the raw packet calls of d, if d is an offloading TUN.
+// Each VnetIO has write state of its own: one per writing goroutine.
 func RawVnet(d Device) (VnetIO, bool) {
 	r, ok1 := d.(vnetReader)
 	w, ok2 := d.(vnetWriter)
-	return VnetIO{r: r, w: w}, ok1 && ok2
+	if !ok1 || !ok2 {
+		return VnetIO{}, false
+	}
+	return VnetIO{r: r, w: w.newVnetWriter(), uso: w.udpGSO()}, true
 }
 
 // Read reads one packet with its virtio-net header into buf (VnetHdrLen
@@ -35,10 +40,10 @@ func (v VnetIO) Read(buf []byte, wait bool) (int, error) { return v.r.readVnet(b
 // Write writes one packet given as pieces to concatenate, the first
 // starting with the virtio-net header, with one writev. One goroutine at a
 // time.
-func (v VnetIO) Write(pieces [][]byte) error { return v.w.writeVnet(pieces) }
+func (v VnetIO) Write(pieces [][]byte) error { return v.w(pieces) }
 
 // UDPGSO reports whether the TUN takes UDP super-packets (GSO_UDP_L4).
-func (v VnetIO) UDPGSO() bool { return v.w.udpGSO() }
+func (v VnetIO) UDPGSO() bool { return v.uso }
 
 // Super is a GSO super-packet read from an offloading TUN, to be cut into
 // segments as a NIC's TSO would.
