@@ -137,20 +137,8 @@ func (p *outPump) readSG() (int, error) {
 	return n, nil
 }
 
-// outPumpNice is how much lower than the rest of the agent the out pump's
-// thread runs (nice +5): under a flood on a small machine, the sender's out
-// pump then yields the cores to receivers, and what it cannot send the
-// TUN's queue drops, cheaply, before any encapsulation (the 64 B flood,
-// BENCHMARKS.md).
-const outPumpNice = 5
-
 func (p *outPump) run() {
 	t := p.t
-	if !t.naive {
-		if undo, err := lowerPriority(outPumpNice); err == nil {
-			defer undo()
-		}
-	}
 	consecutive := 0
 	for {
 		var n int

@@ -1,7 +1,0 @@
-//go:build !linux
-
-package tunnel
-
-import "errors"
-
-func lowerPriority(int) (func(), error) { return nil, errors.ErrUnsupported }
