@@ -117,7 +117,8 @@ e2e:
 	set -o pipefail; $(GO) test -v -count=1 -timeout 30m ./e2e/... 2>&1 | tee e2e.log | grep -E '^\s*(--- (PASS|FAIL|SKIP)|(ok|FAIL|PASS)\b|panic:)'
 
 # The throughput comparison suite (benchmarks/README.md): underlay, kernel
-# VXLAN, overlay and overlay --naive in one run. BENCHFLAGS passes options.
+# VXLAN, the floor relay, overlay and overlay --naive in one run. BENCHFLAGS
+# passes options.
 BENCH := bin/overlay-bench
 
 bench: build sysdeps

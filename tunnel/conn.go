@@ -49,6 +49,17 @@ type Conn interface {
 	Close() error
 }
 
+// checksummedReader is a Conn that receives datagrams carrying an outer
+// UDP checksum apart from the others: ReadBatch returns only those without
+// one, readChecksummed only those with one (Checksummed set).
+type checksummedReader interface {
+	// steered reports whether the second socket is open; if not,
+	// ReadBatch receives everything and readChecksummed must not be
+	// called.
+	steered() bool
+	readChecksummed(msgs []ReadMessage) (int, error)
+}
+
 // ReadMessage is one slot of Conn.ReadBatch.
 type ReadMessage struct {
 	// Buf is the caller's buffer, filled from the start.
@@ -66,6 +77,13 @@ type ReadMessage struct {
 	// Truncated reports a datagram larger than Buf, cut short. The caller
 	// drops it.
 	Truncated bool
+	// Checksummed reports that every datagram in Buf[:N] carried an outer
+	// UDP checksum, which the kernel verified before delivering it: the
+	// inner packets are as the sender wrote them, so their own checksums
+	// need no second check. False (the safe default) when the Conn cannot
+	// tell, and for datagrams sent without a checksum, as kernel VTEPs
+	// send them over IPv4.
+	Checksummed bool
 }
 
 // WriteMessage is a run of VXLAN frames bound for one peer.
@@ -111,6 +129,14 @@ type UDPOptions struct {
 	// a batch of one, that is the benchmark floor of the tunnel's naive
 	// mode. It implies DisableGSO and DisableGRO.
 	Naive bool
+	// SteerChecksums opens a second receiving socket on the port and has
+	// the kernel steer the datagrams that carry an outer UDP checksum to
+	// it (steer_linux.go), so that a Tunnel trusts their inner checksums
+	// (ReadMessage.Checksummed). ReadBatch then receives only the
+	// datagrams without a checksum: it is for a Tunnel, which reads both
+	// sockets. Ignored in naive mode; if the kernel refuses, one socket
+	// receives everything, as without it.
+	SteerChecksums bool
 	// SocketBuffer is the send and receive buffer size to ask for, in
 	// bytes; zero means DefaultSocketBuffer. It is forced past the system
 	// limits (SO_RCVBUFFORCE) when the process may do so.

@@ -57,17 +57,23 @@ var (
 type udpConn struct {
 	rx    *net.UDPConn
 	rxRaw syscall.RawConn
-	tx    []*net.UDPConn
-	txRaw []syscall.RawConn
-	is6   bool
-	local netip.AddrPort
-	gro   bool
-	gso   atomic.Bool
-	log   *slog.Logger
-	once  closeOnce
+	// With checksum steering (steer_linux.go), rxSum receives the
+	// datagrams that carry an outer UDP checksum, and rx only those that
+	// do not.
+	rxSum    *net.UDPConn
+	rxSumRaw syscall.RawConn
+	tx       []*net.UDPConn
+	txRaw    []syscall.RawConn
+	is6      bool
+	local    netip.AddrPort
+	gro      bool
+	gso      atomic.Bool
+	log      *slog.Logger
+	once     closeOnce
 
-	r recvState // owned by the goroutine in ReadBatch
-	w sendState // owned by the goroutine in WriteBatch
+	r    recvState // owned by the goroutine in ReadBatch
+	rSum recvState // owned by the goroutine in readChecksummed
+	w    sendState // owned by the goroutine in WriteBatch
 }
 
 var _ Conn = (*udpConn)(nil)
@@ -114,11 +120,8 @@ func ListenUDP(opts UDPOptions) (Conn, error) {
 		c.log = slog.Default()
 	}
 	var err error
-	if c.rx, err = net.ListenUDP(network, net.UDPAddrFromAddrPort(addr)); err != nil {
-		return nil, fmt.Errorf("tunnel: listen UDP %v: %w", addr, err)
-	}
-	if c.rxRaw, err = c.rx.SyscallConn(); err != nil {
-		c.Close()
+	steer := opts.SteerChecksums && !opts.Naive
+	if c.rx, c.rxRaw, err = listenRx(network, addr, steer); err != nil {
 		return nil, err
 	}
 	c.local = c.rx.LocalAddr().(*net.UDPAddr).AddrPort()
@@ -128,6 +131,13 @@ func ListenUDP(opts UDPOptions) (Conn, error) {
 	}
 	if !opts.DisableGRO {
 		c.gro = setsockopt(c.rxRaw, unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+	}
+	if steer {
+		if err := c.steer(network, bufSize); err != nil {
+			// Not fatal: one socket receives everything, and every
+			// inner checksum is verified.
+			c.log.Warn("UDP checksum steering unavailable; verifying every inner checksum", "err", err)
+		}
 	}
 	src := netip.AddrPortFrom(addr.Addr(), 0)
 	for range nsrc {
@@ -159,6 +169,10 @@ func ListenUDP(opts UDPOptions) (Conn, error) {
 		sys = unix.Syscall6
 	}
 	c.r.init(c.gro, sys)
+	if c.rxSum != nil {
+		c.rSum.init(c.gro, sys)
+		c.rSum.checksummed = true
+	}
 	c.w.init(sys)
 	return c, nil
 }
@@ -201,6 +215,9 @@ func (c *udpConn) Close() error {
 		if c.rx != nil {
 			errs = append(errs, c.rx.Close())
 		}
+		if c.rxSum != nil {
+			errs = append(errs, c.rxSum.Close())
+		}
 		for _, tx := range c.tx {
 			errs = append(errs, tx.Close())
 		}
@@ -216,10 +233,13 @@ type recvState struct {
 	names []unix.RawSockaddrInet6
 	oob   []byte
 	oobN  int // control space per slot, 0 without GRO
-	n     int // slots offered to the call
-	got   int
-	errno unix.Errno
-	fn    func(fd uintptr) bool // r.recv, bound once so calls do not allocate
+	// checksummed: every datagram this socket receives carried an outer
+	// checksum, which the kernel verified (rxSum).
+	checksummed bool
+	n           int // slots offered to the call
+	got         int
+	errno       unix.Errno
+	fn          func(fd uintptr) bool // r.recv, bound once so calls do not allocate
 }
 
 // syscall6 is the signature of unix.RawSyscall6 and unix.Syscall6.
@@ -252,7 +272,11 @@ func (r *recvState) recv(fd uintptr) bool {
 }
 
 func (c *udpConn) ReadBatch(msgs []ReadMessage) (int, error) {
-	r := &c.r
+	return c.read(c.rxRaw, &c.r, msgs)
+}
+
+// read is ReadBatch on one receiving socket, raw, with its state r.
+func (c *udpConn) read(raw syscall.RawConn, r *recvState, msgs []ReadMessage) (int, error) {
 	n := min(len(msgs), len(r.hdrs))
 	if n == 0 {
 		return 0, nil
@@ -277,7 +301,7 @@ func (c *udpConn) ReadBatch(msgs []ReadMessage) (int, error) {
 		r.hdrs[i].Len = 0
 	}
 	r.n, r.got, r.errno = n, 0, 0
-	if err := c.rxRaw.Read(r.fn); err != nil {
+	if err := raw.Read(r.fn); err != nil {
 		return 0, err
 	}
 	if r.errno != 0 {
@@ -289,6 +313,7 @@ func (c *udpConn) ReadBatch(msgs []ReadMessage) (int, error) {
 		m.N = int(h.Len)
 		m.Segment = m.N
 		m.Truncated = h.Hdr.Flags&unix.MSG_TRUNC != 0
+		m.Checksummed = r.checksummed
 		m.Addr = sockaddrToAddrPort(&r.names[i])
 		if r.oobN > 0 {
 			if seg := groSegment(r.oob[i*r.oobN : i*r.oobN+int(h.Hdr.Controllen)]); seg > 0 && seg < m.N {

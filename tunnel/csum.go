@@ -93,42 +93,46 @@ func fold(sum uint64) uint16 {
 // checksumFast adds b to the one's complement sum initial; fold gives the
 // 16-bit sum.
 //
-// It sums little-endian words, which needs no byte swaps (RFC 1071: the
-// sum is byte-order independent up to a final swap), 32 bytes a step into
-// four independent accumulators, each 64-bit word split in 32-bit halves so
-// no carry is ever lost: an accumulator gains less than 2^33 a step, so it
-// cannot overflow below 2^31 steps (64 GiB).
+// It sums little-endian 64-bit words, which needs no byte swaps (RFC 1071:
+// the sum is byte-order independent up to a final swap), 64 bytes a step,
+// with an add-with-carry chain (math/bits.Add64, ADD/ADC on amd64 and
+// ADDS/ADCS on arm64): one instruction per 8 bytes, the carry out of each
+// word added into the next, which is one's complement addition done 64
+// bits at a time. The previous version split each word into 32-bit halves
+// over four accumulators (two adds, a mask and a shift per word);
+// BENCHMARKS.md has the comparison.
 func checksumFast(initial uint64, b []byte) uint64 {
-	var s0, s1, s2, s3 uint64
-	for len(b) >= 32 {
-		w0 := binary.LittleEndian.Uint64(b[0:])
-		w1 := binary.LittleEndian.Uint64(b[8:])
-		w2 := binary.LittleEndian.Uint64(b[16:])
-		w3 := binary.LittleEndian.Uint64(b[24:])
-		s0 += w0&0xffffffff + w0>>32
-		s1 += w1&0xffffffff + w1>>32
-		s2 += w2&0xffffffff + w2>>32
-		s3 += w3&0xffffffff + w3>>32
-		b = b[32:]
+	var s, c uint64
+	for len(b) >= 64 {
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[0:]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[8:]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[16:]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[24:]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[32:]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[40:]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[48:]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[56:]), c)
+		b = b[64:]
 	}
-	sum := uint64(fold32(s0)) + uint64(fold32(s1)) + uint64(fold32(s2)) + uint64(fold32(s3))
-	for len(b) >= 4 {
-		sum += uint64(binary.LittleEndian.Uint32(b))
+	for len(b) >= 8 {
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b), c)
+		b = b[8:]
+	}
+	// The tail (under 8 bytes, starting at an even offset) in a small
+	// sum of its own, which cannot overflow.
+	var t uint64
+	if len(b) >= 4 {
+		t += uint64(binary.LittleEndian.Uint32(b))
 		b = b[4:]
 	}
-	sum = uint64(fold32(sum))
-	for len(b) >= 2 {
-		sum += uint64(binary.LittleEndian.Uint16(b))
+	if len(b) >= 2 {
+		t += uint64(binary.LittleEndian.Uint16(b))
 		b = b[2:]
 	}
 	if len(b) == 1 {
-		sum += uint64(b[0]) // the high byte of a big-endian word
+		t += uint64(b[0]) // the high byte of a big-endian word
 	}
-	return initial + uint64(bits.ReverseBytes16(fold(sum)))
-}
-
-func fold32(sum uint64) uint32 {
-	sum = sum>>32 + sum&0xffffffff
-	sum = sum>>32 + sum&0xffffffff
-	return uint32(sum)
+	s, c = bits.Add64(s, t, c)
+	s += c // s is 0 if this carries, so it cannot carry again
+	return initial + uint64(bits.ReverseBytes16(fold(s)))
 }

@@ -98,11 +98,3 @@ func TestFinishPartialChecksum(t *testing.T) {
 		t.Error("a corrupt checksum was rewritten")
 	}
 }
-
-func BenchmarkChecksum1400(b *testing.B) {
-	buf := make([]byte, 1400)
-	b.SetBytes(int64(len(buf)))
-	for b.Loop() {
-		checksumFast(0, buf)
-	}
-}

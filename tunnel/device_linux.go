@@ -274,11 +274,6 @@ type offloadTUN struct {
 
 	uso bool // the kernel takes GSO_UDP_L4 packets
 
-	// writeVnet's call state; writeFn is t.writeOnce, bound once.
-	iovs    []unix.Iovec
-	niov    int
-	werr    unix.Errno
-	writeFn func(fd uintptr) bool
 }
 
 var _ Device = (*offloadTUN)(nil)
@@ -290,8 +285,6 @@ func newOffloadTUN(dev wgtun.Device, name string) *offloadTUN {
 	}
 	t.pollFn = t.poll
 	t.readFn = t.readOnce
-	t.iovs = make([]unix.Iovec, maxVnetPieces)
-	t.writeFn = t.writeOnce
 	return t
 }
 
@@ -301,33 +294,51 @@ func (t *offloadTUN) udpGSO() bool { return t.uso }
 // 1024).
 const maxVnetPieces = 1024
 
+// vnetWrite is one writer's state for writeVnet: each in pump gets its
+// own (newVnetWriter), so two pumps may write at once without a lock.
+type vnetWrite struct {
+	t    *offloadTUN
+	iovs []unix.Iovec
+	niov int
+	werr unix.Errno
+	fn   func(fd uintptr) bool // w.writeOnce, bound once
+}
+
+// newVnetWriter returns a writeVnet for one goroutine.
+func (t *offloadTUN) newVnetWriter() func(pieces [][]byte) error {
+	w := &vnetWrite{t: t, iovs: make([]unix.Iovec, maxVnetPieces)}
+	w.fn = w.writeOnce
+	return w.writeVnet
+}
+
 // writeVnet writes one packet, a virtio-net header and the packet, given
-// as pieces to concatenate, with one writev. It is for the in pump only.
-func (t *offloadTUN) writeVnet(pieces [][]byte) error {
+// as pieces to concatenate, with one writev. It is for the in pumps only.
+func (w *vnetWrite) writeVnet(pieces [][]byte) error {
+	t := w.t
 	if t.raw == nil {
 		return errNoOffload
 	}
-	if len(pieces) > len(t.iovs) {
+	if len(pieces) > len(w.iovs) {
 		return fmt.Errorf("tunnel: TUN write of %d pieces", len(pieces))
 	}
-	t.niov = 0
+	w.niov = 0
 	for _, b := range pieces {
 		if len(b) == 0 {
 			continue
 		}
-		t.iovs[t.niov].Base = &b[0]
-		t.iovs[t.niov].SetLen(len(b))
-		t.niov++
+		w.iovs[w.niov].Base = &b[0]
+		w.iovs[w.niov].SetLen(len(b))
+		w.niov++
 	}
-	t.werr = 0
-	err := t.raw.Write(t.writeFn)
-	clear(t.iovs[:t.niov]) // do not pin the caller's buffers
-	return rawErr(err, t.werr, "writev")
+	w.werr = 0
+	err := t.raw.Write(w.fn)
+	clear(w.iovs[:w.niov]) // do not pin the caller's buffers
+	return rawErr(err, w.werr, "writev")
 }
 
-func (t *offloadTUN) writeOnce(fd uintptr) bool {
-	_, errno, done := rawCall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.iovs[0])), uintptr(t.niov))
-	t.werr = errno
+func (w *vnetWrite) writeOnce(fd uintptr) bool {
+	_, errno, done := rawCall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iovs[0])), uintptr(w.niov))
+	w.werr = errno
 	return done
 }
 

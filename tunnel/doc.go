@@ -45,6 +45,19 @@
 // a corrupt segment must never join one). Other devices (plain, fakes) use
 // Device.Read and Device.Write.
 //
+// Checksum steering (steer_linux.go). A datagram's outer UDP checksum
+// covers the inner packet, and the kernel verifies it before a socket sees
+// the datagram, so where it is present the in pump does not verify the
+// inner checksums again. recvmmsg cannot say which datagrams had one, so
+// with UDPOptions.SteerChecksums two sockets share the port in a
+// SO_REUSEPORT group and a classic BPF program sorts datagrams between
+// them by the UDP checksum field: zero (or unreadable) to the first, whose
+// packets are verified as before, nonzero to the second, whose
+// ReadMessages say Checksummed. The Tunnel runs one in pump per socket.
+// Agents send with an outer checksum, computed by the kernel in the GSO
+// send (on a veth it is never computed: the skb crosses as
+// CHECKSUM_PARTIAL and is trusted, which is what makes it free).
+//
 // Headroom. The out pump reads every packet at offset encap.Headroom, so the
 // VXLAN and inner Ethernet headers are written in place in front of it;
 // outer IP and UDP headers are the kernel's. The in pump validates each

@@ -49,7 +49,9 @@ type groPkt struct {
 
 // parseGRO decides whether pkt (a decapsulated IPv4 or IPv6 packet with
 // consistent length fields) may be coalesced, verifying its transport
-// checksum unless trusted (it was just completed from a partial one).
+// checksum unless trusted: it was just completed from a partial one, or
+// the datagram's outer checksum, which covers it, was verified by the
+// kernel (steer_linux.go).
 func parseGRO(pkt []byte, trusted bool) groPkt {
 	var g groPkt
 	var pseudo uint64

@@ -13,6 +13,12 @@ import (
 type inPump struct {
 	t    *Tunnel
 	msgs []ReadMessage
+	// read is the Conn's ReadBatch, or readChecksummed for the second
+	// pump of a steering Conn (steer_linux.go).
+	read func(msgs []ReadMessage) (int, error)
+	// trusted: the message being decapsulated had its outer checksum
+	// verified, so its packets' own checksums are not checked again.
+	trusted bool
 
 	// With an offloading device, Write coalesces packets by appending to
 	// the first buffer of a flow, so every packet is copied into a write
@@ -34,7 +40,7 @@ type inPump struct {
 	// Scatter-gather coalescing (gro.go), with a device that takes
 	// packets behind a virtio-net header: vw is the device, gro the
 	// packets being coalesced, hdr the scratch for its headers.
-	vw     vnetWriter
+	vw     func(pieces [][]byte) error // the device's writeVnet, this pump's own
 	uso    bool
 	gro    groRun
 	hdr    []byte
@@ -45,9 +51,10 @@ type inPump struct {
 }
 
 // vnetWriter is a device that writes one packet, behind its virtio-net
-// header, from pieces (the Linux offload TUN).
+// header, from pieces (the Linux offload TUN). Each writer newVnetWriter
+// returns is for one goroutine; several may write at once.
 type vnetWriter interface {
-	writeVnet(pieces [][]byte) error
+	newVnetWriter() func(pieces [][]byte) error
 	udpGSO() bool
 }
 
@@ -55,9 +62,10 @@ type vnetWriter interface {
 // super-packet GRO may build in it.
 const writeBufCap = encap.Headroom + 65535
 
-func newInPump(t *Tunnel) *inPump {
+func newInPump(t *Tunnel, read func(msgs []ReadMessage) (int, error)) *inPump {
 	p := &inPump{
 		t:         t,
+		read:      read,
 		copy:      t.dev.BatchSize() > 1,
 		readErrs:  errorLog{log: t.log, msg: "UDP receive failed"},
 		writeErrs: errorLog{log: t.log, msg: "TUN write failed"},
@@ -79,7 +87,7 @@ func newInPump(t *Tunnel) *inPump {
 	}
 	p.wq = make([][]byte, 0, t.batch)
 	if vw, ok := t.dev.(vnetWriter); ok && !t.naive {
-		p.vw, p.uso, p.copy = vw, vw.udpGSO(), false
+		p.vw, p.uso, p.copy = vw.newVnetWriter(), vw.udpGSO(), false
 		p.hdr = make([]byte, vnetHdrLen+segHdrMax)
 		p.gro.pieces = make([][]byte, 0, groMaxSegsTCP+1)
 		return p
@@ -97,7 +105,7 @@ func (p *inPump) run() {
 	t := p.t
 	consecutive := 0
 	for {
-		n, err := t.conn.ReadBatch(p.msgs)
+		n, err := p.read(p.msgs)
 		if err != nil {
 			if t.readFailed(err, &t.in, &p.readErrs, &consecutive) {
 				return
@@ -141,6 +149,10 @@ func (p *inPump) decapAll(n int, handle func(frame, pkt []byte) bool) bool {
 		if !ok {
 			t.in.drops[DropUnknownSource].Add(uint64((len(data) + seg - 1) / seg))
 			continue
+		}
+		p.trusted = m.Checksummed
+		if p.trusted {
+			t.in.checksummed.Add(uint64((len(data) + seg - 1) / seg))
 		}
 		for off := 0; off < len(data); off += seg {
 			frame := data[off:min(off+seg, len(data))]
@@ -224,7 +236,7 @@ func (p *inPump) coalesce(_, pkt []byte) bool {
 	if partial {
 		t.in.partial.Add(1)
 	}
-	g := parseGRO(pkt, partial)
+	g := parseGRO(pkt, partial || p.trusted)
 	if g.ok && g.proto == protoUDP && !p.uso {
 		g.ok = false
 	}
@@ -250,7 +262,7 @@ func (p *inPump) writeRun() bool {
 	}
 	r.header(p.hdr)
 	n, bytes := r.n, r.bytes
-	err := p.vw.writeVnet(r.pieces)
+	err := p.vw(r.pieces)
 	r.reset()
 	return p.wrote(n, bytes, err)
 }
@@ -259,7 +271,7 @@ func (p *inPump) writeRun() bool {
 func (p *inPump) writeSingle(pkt []byte) bool {
 	vnetHdr{}.put(p.hdr)
 	p.single[0], p.single[1] = p.hdr[:vnetHdrLen], pkt
-	err := p.vw.writeVnet(p.single[:])
+	err := p.vw(p.single[:])
 	p.single[1] = nil
 	return p.wrote(1, len(pkt), err)
 }

@@ -212,7 +212,7 @@ func startNode(t testing.TB, ns *namespace, cfg nodeConfig, fl flavour) *tunnel.
 		if err != nil {
 			return err
 		}
-		conn, err = tunnel.ListenUDP(tunnel.UDPOptions{Addr: netip.AddrPortFrom(cfg.underlay, encap.PortLinux), Naive: fl.naive})
+		conn, err = tunnel.ListenUDP(tunnel.UDPOptions{Addr: netip.AddrPortFrom(cfg.underlay, encap.PortLinux), Naive: fl.naive, SteerChecksums: true})
 		if err != nil {
 			dev.Close()
 			return err
@@ -400,6 +400,11 @@ func TestNamespaceTunnels(t *testing.T) {
 			if fl == offloadFlavour && (sa.Mode != tunnel.ModeOffload || !sa.GSO || !sb.GRO) {
 				t.Errorf("offload flavour without offloads: %+v", sa)
 			}
+			// Agents send an outer checksum: with steering, every
+			// datagram B receives arrives on the checksummed socket.
+			if want := !fl.naive; sb.ChecksumSteering != want || (want && sb.In.Checksummed == 0) {
+				t.Errorf("B: checksum steering %v (want %v), %d datagrams checksummed of %d packets", sb.ChecksumSteering, want, sb.In.Checksummed, sb.In.Packets)
+			}
 			for _, s := range []tunnel.Stats{sa, sb} {
 				for r, n := range s.In.Drops {
 					if n != 0 {
@@ -432,6 +437,15 @@ func TestNamespaceKernelVXLAN(t *testing.T) {
 			if ps := ta.Stats(); ps.In.Unattributed != 0 {
 				t.Errorf("%d packets from the kernel VTEP not attributed to it", ps.In.Unattributed)
 			}
+			// A vxlan device made as flannel makes flannel.1 (no
+			// IFLA_VXLAN_UDP_CSUM) sends outer checksums on this
+			// kernel (ip -d link shows udpcsum), so its datagrams are
+			// steered to the trusted socket too;
+			// TestNamespaceCorruptFrames covers the zero-checksum ones.
+			if !s.ChecksumSteering {
+				t.Error("checksum steering is off")
+			}
+			t.Logf("%d of the kernel VTEP's datagrams arrived checksummed (%d packets in)", s.In.Checksummed, s.In.Packets)
 		})
 	}
 }

@@ -90,6 +90,8 @@ func (d *sgDevice) writeVnet(pieces [][]byte) error {
 
 func (d *sgDevice) udpGSO() bool { return true }
 
+func (d *sgDevice) newVnetWriter() func(pieces [][]byte) error { return d.writeVnet }
+
 func (d *sgDevice) Read([][]byte, []int, int) (int, error) {
 	return 0, errors.New("sgDevice: Read is not for scatter-gather pumps")
 }

@@ -133,7 +133,7 @@ func New(opts Options) (*Tunnel, error) {
 	// segments, so its reads need at least that many buffers.
 	t.batch = max(t.batch, t.dev.BatchSize())
 	t.log.Info("tunnel datapath", "device", t.dev.Name(), "mode", t.mode, "gso", t.conn.GSO(), "gro", t.conn.GRO(),
-		"batch", t.batch, "naive", t.naive, "mtu", t.mtu, "source-check", t.check, "listen", t.conn.LocalAddr())
+		"batch", t.batch, "naive", t.naive, "checksum-steering", t.steering(), "mtu", t.mtu, "source-check", t.check, "listen", t.conn.LocalAddr())
 	return t, nil
 }
 
@@ -160,10 +160,16 @@ func (t *Tunnel) Run(ctx context.Context) error {
 	defer close(t.done)
 
 	out := newOutPump(t)
-	in := newInPump(t)
+	in := newInPump(t, t.conn.ReadBatch)
 	var wg sync.WaitGroup
 	wg.Go(func() { out.run(); t.shutdown() })
 	wg.Go(func() { in.run(); t.shutdown() })
+	if cr, ok := t.conn.(checksummedReader); ok && cr.steered() {
+		// The datagrams with an outer checksum arrive on a socket of
+		// their own, and get a pump of their own.
+		in2 := newInPump(t, cr.readChecksummed)
+		wg.Go(func() { in2.run(); t.shutdown() })
+	}
 	wg.Go(func() {
 		select {
 		case <-ctx.Done():
@@ -217,9 +223,17 @@ func (t *Tunnel) Stats() Stats {
 		Device: t.dev.Name(), Mode: t.mode,
 		GSO: t.conn.GSO(), GRO: t.conn.GRO(),
 		BatchSize: t.batch, Naive: t.naive, SourceCheck: t.check,
-		Out: t.out.read(OutDropReasons),
-		In:  t.in.read(InDropReasons),
+		ChecksumSteering: t.steering(),
+		Out:              t.out.read(OutDropReasons),
+		In:               t.in.read(InDropReasons),
 	}
+}
+
+// steering reports whether the Conn steers checksummed datagrams to a
+// socket of their own.
+func (t *Tunnel) steering() bool {
+	cr, ok := t.conn.(checksummedReader)
+	return ok && cr.steered()
 }
 
 // isClosedErr reports the errors a closed device or socket returns.

@@ -15,16 +15,18 @@ var pathColor = map[PathID]string{
 	Overlay:      "#f58518",
 	OverlayNaive: "#e45756",
 	OverlayB:     "#54a24b",
+	Floor:        "#72b7b2",
+	FloorB:       "#b279a2",
 }
 
 // Chart geometry, in SVG user units.
 const (
 	chartW      = 980.0
-	chartH      = 540.0
+	chartH      = 580.0
 	plotLeft    = 64.0
 	plotRight   = chartW - 24
 	plotTop     = 92.0
-	plotBottom  = chartH - 130
+	plotBottom  = chartH - 170
 	maxScale    = 3.0 // bars above this many times the baseline are clipped
 	minScale    = 1.5
 	gridStep    = 0.5
@@ -153,9 +155,15 @@ func Chart(r *Results) []byte {
 		fmt.Fprintf(&w, `<text x="%.1f" y="%.1f" font-size="13">%s</text>`+"\n", lx+20, plotBottom+74, esc(p.Title()))
 		lx += 40 + 8*float64(len(p.Title()))
 	}
-	// Targets, one line: "TCP-1 vs kernel 0.62× (≥ 0.50) met · ...".
+	// Targets, one line: "TCP-1 vs kernel 0.62× (≥ 0.50) met · ...";
+	// issue #14's bars instead of issue #7's targets when the floor was
+	// measured.
+	verdicts, title, perLine := r.Targets, "Targets: ", 2
+	if len(r.Bars) > 0 {
+		verdicts, title, perLine = r.Bars, "Bars (issue #14): ", 3
+	}
 	var parts []string
-	for _, v := range r.Targets {
+	for _, v := range verdicts {
 		if v.Status == StatusNotMeasured {
 			continue
 		}
@@ -169,13 +177,13 @@ func Chart(r *Results) []byte {
 		parts = append(parts, fmt.Sprintf(`%s %s (%s %s) <tspan fill="%s" font-weight="bold">%s</tspan>`,
 			esc(v.Short), formatRatio(v.Ratio), op, formatRatio(v.Limit), color, esc(v.Status)))
 	}
-	for i := 0; i < len(parts); i += 2 { // two per line
-		head := "Targets: "
+	for i := 0; i < len(parts); i += perLine {
+		head := title
 		if i > 0 {
 			head = ""
 		}
-		line := strings.Join(parts[i:min(i+2, len(parts))], " · ")
-		fmt.Fprintf(&w, `<text x="%.0f" y="%.1f" font-size="12" fill="#444">%s%s</text>`+"\n", plotLeft, plotBottom+98+18*float64(i/2), head, line)
+		line := strings.Join(parts[i:min(i+perLine, len(parts))], " · ")
+		fmt.Fprintf(&w, `<text x="%.0f" y="%.1f" font-size="12" fill="#444">%s%s</text>`+"\n", plotLeft, plotBottom+98+18*float64(i/perLine), head, line)
 	}
 	w.WriteString("</svg>\n")
 	return w.Bytes()

@@ -22,13 +22,20 @@ const (
 	// OverlayB is `overlay up` with default settings from a second binary
 	// (Config.OverlayBinB), to compare two builds of the agent in one run.
 	OverlayB PathID = "overlay-b"
+	// Floor is the benchmark floor (package benchmarks/floor): a relay
+	// with the agent's system-call structure and none of its logic, in
+	// each node.
+	Floor PathID = "floor"
+	// FloorB is the floor relay with other flags (Config.FloorArgsB), to
+	// compare two settings of the floor in one run.
+	FloorB PathID = "floor-b"
 )
 
 // AllPaths lists every path in measuring order: what "all" selects.
-var AllPaths = []PathID{Underlay, KernelVXLAN, Overlay, OverlayNaive}
+var AllPaths = []PathID{Underlay, KernelVXLAN, Floor, Overlay, OverlayNaive}
 
 // knownPaths is every path in measuring order, the optional ones included.
-var knownPaths = []PathID{Underlay, KernelVXLAN, Overlay, OverlayB, OverlayNaive}
+var knownPaths = []PathID{Underlay, KernelVXLAN, Floor, FloorB, Overlay, OverlayB, OverlayNaive}
 
 // Title is the path's name for people (tables, chart legend).
 func (p PathID) Title() string {
@@ -43,6 +50,10 @@ func (p PathID) Title() string {
 		return "overlay --naive"
 	case OverlayB:
 		return "overlay B"
+	case Floor:
+		return "floor"
+	case FloorB:
+		return "floor B"
 	}
 	return string(p)
 }
@@ -50,6 +61,10 @@ func (p PathID) Title() string {
 // Agent reports whether the path runs `overlay up` agents, whose CPU and
 // memory the suite then reports.
 func (p PathID) Agent() bool { return p == Overlay || p == OverlayB || p == OverlayNaive }
+
+// Relay reports whether the path runs a userspace relay in each node (the
+// agents or the floor relay), whose CPU and memory the suite reports.
+func (p PathID) Relay() bool { return p.Agent() || p == Floor || p == FloorB }
 
 // ParsePaths parses a comma-separated list of path names ("all" for
 // AllPaths), keeping measuring order and dropping duplicates.
@@ -129,6 +144,14 @@ type Config struct {
 	// probe's UDP echo when given EchoArg and an address (ServeEcho). Nil
 	// means this executable.
 	EchoCommand []string
+	// FloorCommand is the argv prefix of a program that runs the floor
+	// relay when given floor.Arg and its flags (floor.Command). Nil means
+	// this executable.
+	FloorCommand []string
+	// FloorArgs are extra flags for the floor relay of path floor, and
+	// FloorArgsB those of path floor-b (see `overlay-bench floor-relay
+	// --help`): how the floor is tuned.
+	FloorArgs, FloorArgsB []string
 	// Repetitions of every path; 0 means 3.
 	Repetitions int
 	// Duration of every test; 0 means 10 s.

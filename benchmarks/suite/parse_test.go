@@ -186,7 +186,7 @@ func TestParsePaths(t *testing.T) {
 		t.Errorf("all: got %v, %v", got, err)
 	}
 	got, err = ParsePaths("overlay-naive,all,overlay-b")
-	if want := []PathID{Underlay, KernelVXLAN, Overlay, OverlayB, OverlayNaive}; err != nil || !slices.Equal(got, want) {
+	if want := []PathID{Underlay, KernelVXLAN, Floor, Overlay, OverlayB, OverlayNaive}; err != nil || !slices.Equal(got, want) {
 		t.Errorf("all plus overlay-b: got %v, %v; want %v", got, err, want)
 	}
 	for _, bad := range []string{"", ",", "kernel", "overlay,udp"} {

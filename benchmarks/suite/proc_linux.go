@@ -198,6 +198,7 @@ func tailLines(b []byte, n int) string {
 // clock rate.
 type cpuSample struct {
 	busy, total uint64 // /proc/stat "cpu" line: busy = total - idle - iowait
+	kernel      uint64 // the same line's system + irq + softirq
 	procs       uint64 // utime+stime of the sampled processes
 	ncpu        int
 	at          time.Time
@@ -212,6 +213,9 @@ func sampleCPU(pids []int) (cpuSample, error) {
 	}
 	s.busy, s.total, s.ncpu, err = parseProcStat(b)
 	if err != nil {
+		return s, err
+	}
+	if s.kernel, err = kernelTicks(b); err != nil {
 		return s, err
 	}
 	for _, pid := range pids {
@@ -257,6 +261,38 @@ func parseProcStat(b []byte) (busy, total uint64, ncpu int, err error) {
 		return 0, 0, 0, fmt.Errorf("%w: /proc/stat has no cpu lines", errParse)
 	}
 	return busy, total, ncpu, nil
+}
+
+// kernelTicks returns system + irq + softirq of the aggregate "cpu" line
+// of /proc/stat: the time the kernel spent on behalf of every process and
+// in interrupts, where kernel VXLAN's encapsulation runs.
+func kernelTicks(b []byte) (uint64, error) {
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 || f[0] != "cpu" {
+			continue
+		}
+		var sum uint64
+		for _, i := range []int{3, 6, 7} {
+			v, err := strconv.ParseUint(f[i], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%w: /proc/stat cpu line %q", errParse, line)
+			}
+			sum += v
+		}
+		return sum, nil
+	}
+	return 0, fmt.Errorf("%w: /proc/stat has no cpu line", errParse)
+}
+
+// kernelCoresSince returns the cores the kernel used (system, irq and
+// softirq time of the whole machine) between a and s.
+func (s cpuSample) kernelCoresSince(a cpuSample) float64 {
+	dt := float64(s.total - a.total)
+	if dt <= 0 {
+		return 0
+	}
+	return float64(s.ncpu) * float64(s.kernel-a.kernel) / dt
 }
 
 // procCPUTicks returns utime+stime of pid (all its threads), in USER_HZ.

@@ -64,3 +64,22 @@ func TestCoresSince(t *testing.T) {
 		t.Errorf("empty interval: %v %v, want 0 0", m, p)
 	}
 }
+
+func TestKernelTicks(t *testing.T) {
+	in := "cpu  100 5 30 1000 7 2 11 0 0 0\ncpu0 50 2 15 500 3 1 5 0 0 0\ncpu1 50 3 15 500 4 1 6 0 0 0\n"
+	got, err := kernelTicks([]byte(in))
+	if err != nil || got != 30+2+11 {
+		t.Errorf("kernelTicks = %d, %v; want 43 (system 30 + irq 2 + softirq 11)", got, err)
+	}
+	if _, err := kernelTicks([]byte("cpu0 1 2 3 4 5 6 7 8\n")); !errors.Is(err, errParse) {
+		t.Errorf("kernelTicks without a cpu line: err = %v, want errParse", err)
+	}
+	if _, err := kernelTicks([]byte("cpu 1 2 x 4 5 6 7 8\n")); !errors.Is(err, errParse) {
+		t.Errorf("kernelTicks with a bad field: err = %v, want errParse", err)
+	}
+	a := cpuSample{total: 1000, kernel: 100, ncpu: 2}
+	b := cpuSample{total: 1400, kernel: 200, ncpu: 2}
+	if c := b.kernelCoresSince(a); c != 0.5 {
+		t.Errorf("kernelCoresSince = %v, want 0.5 (100 of 400 ticks on 2 CPUs)", c)
+	}
+}

@@ -162,7 +162,7 @@ func Markdown(r *Results) string {
 			pr, _ := r.Path(p)
 			st, ok := pr.Summary[m.ID]
 			switch {
-			case !ok && m.AgentOnly && !p.Agent():
+			case !ok && m.AgentOnly && !p.Relay():
 				b.WriteString(" n/a |")
 				continue
 			case !ok:
@@ -189,6 +189,7 @@ func Markdown(r *Results) string {
 			"Kernel VXLAN wakes only the two sockperf processes per round trip; the overlay path also wakes each agent twice.\n\n",
 			p.Seconds, p.SyscallNs/1000, p.CRTTP50, p.CRTTP99, p.GoRTTP50, p.GoRTTP99, p.GoWakeExtra())
 	}
+	b.WriteString(floorMarkdown(r))
 	if len(r.Targets) > 0 {
 		b.WriteString("Targets from issue #7 (information; a missed target does not fail the run):\n\n")
 		for _, v := range r.Targets {
@@ -231,12 +232,31 @@ func Summary(r *Results) string {
 			if !m.HigherIsBetter {
 				better = "lower is better"
 			}
-			fmt.Fprintf(&b, "    %-22s %7s   (%s vs %s; %s)\n", m.Name, formatRatio(v), formatWithUnit(m, a), formatWithUnit(m, k), better)
+			fmt.Fprintf(&b, "    %-26s %7s   (%s vs %s; %s)\n", m.Name, formatRatio(v), formatWithUnit(m, a), formatWithUnit(m, k), better)
 		}
 	}
 	if p := r.Platform; p != nil {
 		fmt.Fprintf(&b, "  Platform: system call %.2f µs; ping-pong p50 C %.1f µs, Go %.1f µs (+%.1f µs per Go wake-up)\n",
 			p.SyscallNs/1000, p.CRTTP50, p.GoRTTP50, p.GoWakeExtra())
+	}
+	if fr := r.Floor; fr != nil {
+		b.WriteString("  against the floor (issue #14), medians:\n")
+		for _, row := range fr.Rows {
+			m, _ := MetricByID(row.Metric)
+			if row.OverlayPerFloor != nil || row.FloorPerKernel != nil {
+				of, fk := "–", "–"
+				if row.OverlayPerFloor != nil {
+					of = formatRatio(*row.OverlayPerFloor)
+				}
+				if row.FloorPerKernel != nil {
+					fk = formatRatio(*row.FloorPerKernel)
+				}
+				fmt.Fprintf(&b, "    %-26s overlay/floor %7s   floor/kernel %7s\n", m.Name, of, fk)
+			}
+		}
+		for _, v := range r.Bars {
+			fmt.Fprintf(&b, "    %s\n", v)
+		}
 	}
 	if len(r.Targets) > 0 {
 		b.WriteString("  Targets (information only):\n")

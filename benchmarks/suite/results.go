@@ -25,6 +25,11 @@ const (
 	MetricCPUMachUDP64  = "cpu_machine_udp64_cores" // whole machine during the UDP 64-byte test, cores
 	MetricCPUAgentUDP64 = "cpu_agents_udp64_cores"  // both agents during the UDP 64-byte test, cores
 	MetricAgentRSS      = "agent_rss_peak_mib"      // peak resident set (VmHWM) of the larger agent, MiB
+	// The datapath's CPU per GB moved, core-seconds per 10^9 bytes: the
+	// relays' (agents' or floor relays') CPU on the userspace paths, the
+	// machine's system + irq + softirq time on the kernel paths.
+	MetricCPUGBTCP1 = "cpu_core_s_per_gb_tcp1"
+	MetricCPUGBTCP4 = "cpu_core_s_per_gb_tcp4"
 )
 
 // Metric describes one reported figure.
@@ -52,6 +57,17 @@ var Metrics = []Metric{
 	{ID: MetricCPUMachUDP64, Name: "CPU, machine, UDP 64 B", Unit: "cores"},
 	{ID: MetricCPUAgentUDP64, Name: "CPU, agents, UDP 64 B", Unit: "cores", AgentOnly: true},
 	{ID: MetricAgentRSS, Name: "agent memory, peak RSS", Unit: "MiB", AgentOnly: true},
+	{ID: MetricCPUGBTCP1, Name: "CPU per GB, TCP 1 stream", Unit: "core·s/GB", Chart: true},
+	{ID: MetricCPUGBTCP4, Name: "CPU per GB, TCP 4 streams", Unit: "core·s/GB"},
+}
+
+// cpuPerGB is the CPU cost of moving data: cores busy while gbps Gbit/s
+// flowed, as core-seconds per 10^9 bytes. Zero when nothing flowed.
+func cpuPerGB(cores, gbps float64) float64 {
+	if gbps <= 0 {
+		return 0
+	}
+	return cores / (gbps / 8)
 }
 
 // MetricByID returns the metric with the given ID.
@@ -67,7 +83,7 @@ func MetricByID(id string) (Metric, bool) {
 func metricsFor(p PathID) []string {
 	var ids []string
 	for _, m := range Metrics {
-		if !m.AgentOnly || p.Agent() {
+		if !m.AgentOnly || p.Relay() {
 			ids = append(ids, m.ID)
 		}
 	}
@@ -91,6 +107,12 @@ type Results struct {
 	Ratios map[PathID]map[string]float64 `json:"ratios_vs_kernel_vxlan,omitempty"`
 	// Targets are issue #7's goals for the datapath, judged on medians.
 	Targets []Verdict `json:"targets"`
+	// Floor compares kernel VXLAN, the floor and the overlay side by side
+	// (issue #14), when the floor was measured.
+	Floor *FloorReport `json:"floor,omitempty"`
+	// Bars are issue #14's bars, judged on medians, when the floor was
+	// measured.
+	Bars []Verdict `json:"bars_issue14,omitempty"`
 	// Platform is the probe's measurement, when it ran.
 	Platform *Platform `json:"platform,omitempty"`
 }
@@ -168,11 +190,13 @@ type Repetition struct {
 
 // TestSample is one test of one repetition.
 type TestSample struct {
-	Test         string             `json:"test"`
-	Seconds      float64            `json:"seconds"`
-	MachineCores float64            `json:"machine_cores"`
-	AgentCores   *float64           `json:"agent_cores,omitempty"`
-	Values       map[string]float64 `json:"values"`
+	Test         string   `json:"test"`
+	Seconds      float64  `json:"seconds"`
+	MachineCores float64  `json:"machine_cores"`
+	AgentCores   *float64 `json:"agent_cores,omitempty"`
+	// KernelCores is the machine's system + irq + softirq time, as cores.
+	KernelCores float64            `json:"kernel_cores"`
+	Values      map[string]float64 `json:"values"`
 }
 
 // Stat summarises one metric over repetitions.
@@ -261,6 +285,8 @@ func (r *Results) summarize() {
 		}
 	}
 	r.Targets = r.judge()
+	r.Floor = r.floorReport()
+	r.Bars = r.judgeBars()
 }
 
 // ratio returns median(a)/median(b) for metric id when both exist and the
@@ -308,9 +334,12 @@ var goals = []Verdict{
 	{Goal: "64-byte packet rate at least 90% of kernel VXLAN's", Short: "64 B pps vs kernel", Numerator: Overlay, Denominator: KernelVXLAN, Metric: MetricUDP64PPS, Limit: 0.9},
 }
 
-func (r *Results) judge() []Verdict {
-	out := make([]Verdict, 0, len(goals))
-	for _, g := range goals {
+func (r *Results) judge() []Verdict { return r.judgeGoals(goals) }
+
+// judgeGoals judges each of gs on this run's medians.
+func (r *Results) judgeGoals(gs []Verdict) []Verdict {
+	out := make([]Verdict, 0, len(gs))
+	for _, g := range gs {
 		v, ok := r.ratio(g.Numerator, g.Denominator, g.Metric)
 		switch {
 		case !ok:

@@ -190,6 +190,9 @@ func (r *runner) setupPath(ctx context.Context, p PathID, dir string, undo *undo
 		return nodes[1].underlay.Addr(), nil, nil
 	case KernelVXLAN:
 		return nodes[1].vtep(), nil, setupKernelVXLAN(ctx, undo)
+	case Floor, FloorB:
+		procs, err := startFloor(ctx, r.cfg, p, dir, undo)
+		return nodes[1].vtep(), procs, err
 	case Overlay, OverlayB, OverlayNaive:
 		if r.etcd == nil {
 			e, err := startEtcd(ctx, r.cfg, r.work, r.undo)
@@ -253,7 +256,8 @@ func (r *runner) measure(ctx context.Context, p PathID, rep int) (run Repetition
 			return run, fmt.Errorf("%s: %w", t.title, errors.Join(terr, err, alive()))
 		}
 		machine, agentCores := after.coresSince(before)
-		s := TestSample{Test: t.id, Seconds: after.at.Sub(before.at).Seconds(), MachineCores: machine, Values: vals}
+		s := TestSample{Test: t.id, Seconds: after.at.Sub(before.at).Seconds(), MachineCores: machine,
+			KernelCores: after.kernelCoresSince(before), Values: vals}
 		if len(agents) > 0 {
 			s.AgentCores = &agentCores
 		}
@@ -266,6 +270,17 @@ func (r *runner) measure(ctx context.Context, p PathID, rep int) (run Repetition
 		}
 		if t.cpuAgents != "" && len(agents) > 0 {
 			run.Values[t.cpuAgents] = agentCores
+		}
+		if t.cpuPerGB != "" {
+			// The datapath's CPU: the relays', or the kernel's where the
+			// kernel is the datapath.
+			cores := s.KernelCores
+			if p.Relay() {
+				cores = agentCores
+			}
+			if v := cpuPerGB(cores, vals[t.gbps]); v > 0 {
+				run.Values[t.cpuPerGB] = v
+			}
 		}
 		r.done++
 		r.progress(rep, p, t, s)

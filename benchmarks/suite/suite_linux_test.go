@@ -307,6 +307,68 @@ func TestQuickSuiteAgents(t *testing.T) {
 	}
 }
 
+// TestQuickSuiteFloor runs the --quick suite on kernel VXLAN and the two
+// floor paths (floor-b with other relay flags): the relays' readiness,
+// their CPU and memory, CPU per GB on every path and the side-by-side
+// comparison.
+func TestQuickSuiteFloor(t *testing.T) {
+	requireNetns(t)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, Config{
+		Paths: []PathID{KernelVXLAN, Floor, FloorB}, Quick: true, OutDir: out,
+		FloorArgsB: []string{"--no-gro", "--lock-threads"}, KeepLogs: true, Progress: &testProgress{t: t},
+	})
+	if errors.Is(err, ErrBusy) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeftovers(t)
+	for _, pr := range res.Paths {
+		for _, m := range Metrics {
+			st, ok := pr.Summary[m.ID]
+			switch {
+			case m.AgentOnly && !pr.ID.Relay():
+			case !ok:
+				t.Errorf("%s: metric %s missing", pr.ID, m.ID)
+			case m.ID != MetricUDP64Loss && !(st.Median > 0):
+				t.Errorf("%s: %s = %v, want > 0", pr.ID, m.ID, st.Median)
+			}
+		}
+		for _, s := range pr.Runs[0].Tests {
+			if (s.AgentCores != nil) != pr.ID.Relay() {
+				t.Errorf("%s/%s: relay CPU %v", pr.ID, s.Test, s.AgentCores)
+			}
+			if !(s.KernelCores > 0) {
+				t.Errorf("%s/%s: kernel CPU %v, want > 0", pr.ID, s.Test, s.KernelCores)
+			}
+		}
+	}
+	if res.Floor == nil {
+		t.Fatal("no floor report")
+	}
+	for _, row := range res.Floor.Rows {
+		if row.FloorPerKernel == nil || row.Overlay != nil {
+			t.Errorf("floor row %+v: want floor/kernel, no overlay", row)
+		}
+	}
+	for _, v := range res.Bars {
+		if v.Status != StatusNotMeasured {
+			t.Errorf("bar %q: %s without the overlay", v.Goal, v.Status)
+		}
+	}
+	if md := Markdown(res); !strings.Contains(md, "## Against the floor (issue #14)") {
+		t.Errorf("results.md lacks the floor comparison:\n%s", md)
+	}
+	logs, _ := filepath.Glob(filepath.Join(out, "logs", "*", "floor-*.log"))
+	if len(logs) != 4 {
+		t.Errorf("relay logs %v, want 4", logs)
+	}
+}
+
 // TestInterruptCleansUp cancels a run in the middle of a test, as SIGINT
 // does, after planting a stale namespace with a process in it, as a killed
 // run leaves: the run removes the stale one first and everything of its

@@ -138,16 +138,21 @@ type test struct {
 	// machine and agent CPU; empty when the CPU of this test is kept only
 	// in the raw samples.
 	cpuMachine, cpuAgents string
-	run                   func(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error)
+	// cpuPerGB names the metric that receives the datapath's CPU per GB
+	// moved, computed from the throughput metric gbps; empty for tests
+	// that move no bulk data.
+	cpuPerGB, gbps string
+	run            func(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error)
 }
 
 // tests run in this order (AllTests's) on every path.
 var tests = []test{
 	{id: TestTCP1, title: "TCP 1 stream", cpuMachine: MetricCPUMachTCP1, cpuAgents: MetricCPUAgentTCP1,
+		cpuPerGB: MetricCPUGBTCP1, gbps: MetricTCP1,
 		run: func(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error) {
 			return iperfTCP(ctx, target, d, 1, MetricTCP1)
 		}},
-	{id: TestTCP4, title: "TCP 4 streams",
+	{id: TestTCP4, title: "TCP 4 streams", cpuPerGB: MetricCPUGBTCP4, gbps: MetricTCP4,
 		run: func(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error) {
 			return iperfTCP(ctx, target, d, 4, MetricTCP4)
 		}},

@@ -286,9 +286,10 @@ func (a *agent) startDatapath() (err error) {
 	}()
 
 	conn, err := tunnel.ListenUDP(tunnel.UDPOptions{
-		Addr:   netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(a.port)),
-		Naive:  cfg.naive,
-		Logger: a.log,
+		Addr:           netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(a.port)),
+		Naive:          cfg.naive,
+		SteerChecksums: true,
+		Logger:         a.log,
 	})
 	if err != nil {
 		return fmt.Errorf("listen on UDP port %d: %w", a.port, err)

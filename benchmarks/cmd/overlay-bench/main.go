@@ -1,5 +1,6 @@
 // Command overlay-bench runs the throughput comparison suite: the plain
-// underlay, kernel VXLAN configured as flannel configures flannel.1,
+// underlay, kernel VXLAN configured as flannel configures flannel.1, the
+// floor relay (`overlay-bench floor-relay`, package benchmarks/floor),
 // `overlay up` with default settings and `overlay up --naive`, measured in
 // the same run between two network namespaces, and writes results.json,
 // results.md and chart.svg.
@@ -35,6 +36,7 @@ import (
 	"syscall"
 	"time"
 
+	"overlay/benchmarks/floor"
 	"overlay/benchmarks/suite"
 )
 
@@ -46,6 +48,10 @@ func main() {
 		}
 		os.Exit(1)
 	}
+	if len(os.Args) > 1 && os.Args[1] == floor.Arg {
+		// The floor path's relay (suite.Config.FloorCommand).
+		os.Exit(floor.Command(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
@@ -53,26 +59,28 @@ func run(args []string) int {
 	fs := flag.NewFlagSet("overlay-bench", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: overlay-bench [flags]\n\n"+
-			"Measures underlay, kernel VXLAN, overlay and overlay --naive between two network\n"+
+			"Measures underlay, kernel VXLAN, the floor relay, overlay and overlay --naive between\ntwo network "+
 			"namespaces (needs root) and writes results.json, results.md and chart.svg.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	var (
-		paths     = fs.String("paths", "all", "comma-separated paths to measure: "+pathNames()+", or all")
-		tests     = fs.String("tests", "all", "comma-separated tests to run on every path: "+strings.Join(suite.AllTests, ",")+", or all")
-		probe     = fs.Bool("probe", true, "first measure the platform: a system call, and UDP ping-pong between C and between Go processes")
-		reps      = fs.Int("reps", 3, "repetitions of every path (paths are interleaved within a repetition)")
-		duration  = fs.Duration("duration", 10*time.Second, "duration of every test, whole seconds")
-		quick     = fs.Bool("quick", false, "smoke run: 1 s per test, 1 repetition (overrides --reps and --duration)")
-		overlay   = fs.String("overlay", "bin/overlay", "the overlay binary (make build)")
-		overlayB  = fs.String("overlay-b", "", "a second overlay binary, measured as path overlay-b in the same run (adds it to --paths): an A/B comparison of two builds")
-		etcd      = fs.String("etcd", "", "another etcd server for the agent paths (default: the overlay binary's own etcd command)")
-		tunDriver = fs.String("tun-driver", "", "--tun-driver for the default overlay path (auto, offload, plain; default: the agent's)")
-		out       = fs.String("out", "", "results directory (default benchmarks/results/<UTC time> in a source tree, else overlay-bench-<UTC time>)")
-		install   = fs.Bool("install", true, "install missing iperf3/sockperf with apt-get")
-		keepLogs  = fs.Bool("keep-logs", false, "copy the logs of the agents, etcd and the servers into <out>/logs")
-		verbose   = fs.Bool("v", false, "log setup and cleanup steps")
-		render    = fs.String("render", "", "measure nothing: re-render results.md and chart.svg from this results.json, in its directory")
+		paths      = fs.String("paths", "all", "comma-separated paths to measure: "+pathNames()+", or all")
+		tests      = fs.String("tests", "all", "comma-separated tests to run on every path: "+strings.Join(suite.AllTests, ",")+", or all")
+		probe      = fs.Bool("probe", true, "first measure the platform: a system call, and UDP ping-pong between C and between Go processes")
+		reps       = fs.Int("reps", 3, "repetitions of every path (paths are interleaved within a repetition)")
+		duration   = fs.Duration("duration", 10*time.Second, "duration of every test, whole seconds")
+		quick      = fs.Bool("quick", false, "smoke run: 1 s per test, 1 repetition (overrides --reps and --duration)")
+		overlay    = fs.String("overlay", "bin/overlay", "the overlay binary (make build)")
+		overlayB   = fs.String("overlay-b", "", "a second overlay binary, measured as path overlay-b in the same run (adds it to --paths): an A/B comparison of two builds")
+		etcd       = fs.String("etcd", "", "another etcd server for the agent paths (default: the overlay binary's own etcd command)")
+		tunDriver  = fs.String("tun-driver", "", "--tun-driver for the default overlay path (auto, offload, plain; default: the agent's)")
+		out        = fs.String("out", "", "results directory (default benchmarks/results/<UTC time> in a source tree, else overlay-bench-<UTC time>)")
+		install    = fs.Bool("install", true, "install missing iperf3/sockperf with apt-get")
+		keepLogs   = fs.Bool("keep-logs", false, "copy the logs of the agents, etcd and the servers into <out>/logs")
+		verbose    = fs.Bool("v", false, "log setup and cleanup steps")
+		floorArgs  = fs.String("floor-args", "", "extra flags for the floor relay of path floor, space-separated (see overlay-bench floor-relay --help)")
+		floorArgsB = fs.String("floor-b-args", "", "flags for the floor relay of path floor-b, space-separated (adds floor-b to --paths): an A/B comparison of two floor settings")
+		render     = fs.String("render", "", "measure nothing: re-render results.md and chart.svg from this results.json, in its directory")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -99,6 +107,9 @@ func run(args []string) int {
 	spec := *paths
 	if *overlayB != "" {
 		spec += "," + string(suite.OverlayB)
+	}
+	if *floorArgsB != "" {
+		spec += "," + string(suite.FloorB)
 	}
 	ps, err := suite.ParsePaths(spec)
 	if err != nil {
@@ -130,6 +141,8 @@ func run(args []string) int {
 		OverlayBinB: *overlayB,
 		EtcdBin:     *etcd,
 		TUNDriver:   *tunDriver,
+		FloorArgs:   strings.Fields(*floorArgs),
+		FloorArgsB:  strings.Fields(*floorArgsB),
 		OutDir:      dir,
 		Install:     *install,
 		KeepLogs:    *keepLogs,
