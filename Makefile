@@ -110,6 +110,7 @@ bench-go:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecap$$' -fuzztime 60s ./encap
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime 60s ./encap
+	$(GO) test -run '^$$' -fuzz '^FuzzChecksum$$' -fuzztime 60s ./tunnel
 
 # The multi-node end-to-end suite: one line per test with its result and
 # time; the whole log stays in e2e.log.
