@@ -35,6 +35,7 @@ func Command(args []string, stdout, stderr io.Writer) int {
 		vni            uint
 		cpuOut, cpuIn  int
 		batch, sockBuf int
+		srcPorts       int
 		noGRO, noCoal  bool
 		lock           bool
 	)
@@ -47,6 +48,7 @@ func Command(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&peerMAC, "peer-mac", "02:00:00:00:00:02", "inner Ethernet destination MAC: the peer's VTEP MAC")
 	fs.IntVar(&batch, "batch", 128, "most packets one TUN batch drains")
 	fs.IntVar(&sockBuf, "socket-buffer", 0, "UDP send and receive buffer, bytes (0: the tunnel's default)")
+	fs.IntVar(&srcPorts, "source-ports", 1, "sending sockets the inner flow hash chooses among (the agent has 8)")
 	fs.BoolVar(&noGRO, "no-gro", false, "turn UDP GRO off on the receiving socket")
 	fs.BoolVar(&noCoal, "no-coalesce", false, "write every received packet to the TUN alone")
 	fs.BoolVar(&lock, "lock-threads", false, "lock each direction's goroutine to an OS thread")
@@ -82,6 +84,7 @@ func Command(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Batch, cfg.SocketBuffer, cfg.NoGRO, cfg.NoCoalesce = batch, sockBuf, noGRO, noCoal
 	cfg.LockThreads, cfg.CPUOut, cfg.CPUIn = lock, cpuOut, cpuIn
+	cfg.SourcePorts = srcPorts
 	if _, err := cfg.withDefaults(); err != nil {
 		return bad(err)
 	}

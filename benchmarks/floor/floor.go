@@ -58,6 +58,10 @@ type Config struct {
 	// SocketBuffer is the UDP send and receive buffer; 0 means the
 	// tunnel's default.
 	SocketBuffer int
+	// SourcePorts is the number of sending sockets among which the inner
+	// flow hash picks the outer source port, as the agent does (8 by
+	// default); 0 means 1, which measured no slower (benchmarks/README.md).
+	SourcePorts int
 	// LockThreads locks each direction's goroutine to an OS thread.
 	LockThreads bool
 	// SendMsg sends the super-packets' segmented messages with one
@@ -80,6 +84,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Batch == 0 {
 		c.Batch = 128
 	}
+	if c.SourcePorts == 0 {
+		c.SourcePorts = 1
+	}
 	switch {
 	case c.TUN == "":
 		return c, errors.New("floor: no TUN name")
@@ -93,6 +100,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("floor: VNI %d out of range", c.VNI)
 	case c.Batch < 1 || c.Batch > 1024:
 		return c, fmt.Errorf("floor: batch %d not in 1..1024", c.Batch)
+	case c.SourcePorts < 0:
+		return c, fmt.Errorf("floor: source ports %d is negative", c.SourcePorts)
 	case c.SocketBuffer < 0:
 		return c, fmt.Errorf("floor: socket buffer %d is negative", c.SocketBuffer)
 	}

@@ -43,7 +43,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	if !ok {
 		return errors.New("floor: the TUN has no virtio-net header calls")
 	}
-	conn, err := tunnel.ListenUDP(tunnel.UDPOptions{Addr: cfg.Local, SourcePorts: 1,
+	conn, err := tunnel.ListenUDP(tunnel.UDPOptions{Addr: cfg.Local, SourcePorts: cfg.SourcePorts,
 		DisableGRO: cfg.NoGRO, SocketBuffer: cfg.SocketBuffer})
 	if err != nil {
 		return err
@@ -135,6 +135,7 @@ func (o *out) run() error {
 		frames, msgs = frames[:0], msgs[:0]
 		off, n := 0, 0
 		var super []byte // the batch's super-packet, with its header
+		var flow uint32  // the flow hash of the batch's first packet
 		for n < o.cfg.Batch && len(slab)-off >= slot {
 			buf := slab[off+encap.Headroom-tunnel.VnetHdrLen : off+slot]
 			k, err := o.vio.Read(buf, n == 0)
@@ -162,13 +163,16 @@ func (o *out) run() error {
 			if !tunnel.CompleteChecksum(vnet, pkt) {
 				continue
 			}
+			if len(frames) == 0 {
+				flow = encap.FlowHash(pkt)
+			}
 			frame := slab[off : off+encap.Headroom+len(pkt)]
 			o.header(frame, pkt[0])
 			frames = append(frames, frame)
 			off = (off + encap.Headroom + len(pkt) + 7) &^ 7
 		}
 		if len(frames) > 0 {
-			msgs = append(msgs, tunnel.WriteMessage{Frames: frames, Addr: peer})
+			msgs = append(msgs, tunnel.WriteMessage{Frames: frames, Addr: peer, Flow: flow})
 		}
 		if super != nil {
 			msgs = o.segment(msgs, frames[len(frames):], hdrs, super)
@@ -218,6 +222,7 @@ func (o *out) segment(msgs []tunnel.WriteMessage, frames [][]byte, hdrs, b []byt
 	if !ok {
 		return msgs
 	}
+	flow := encap.FlowHash(pkt)
 	seg := encap.Headroom + s.HdrLen() + s.MSS()
 	perMsg := max(1, min(64, (65535-40-8)/seg))
 	n := s.Segments()
@@ -230,7 +235,7 @@ func (o *out) segment(msgs []tunnel.WriteMessage, frames [][]byte, hdrs, b []byt
 			chunk := s.Header(h[encap.Headroom:], j)
 			frames = append(frames, h, chunk)
 		}
-		msgs = append(msgs, tunnel.WriteMessage{Frames: frames[start:len(frames):len(frames)], Addr: o.cfg.Peer, Segment: seg})
+		msgs = append(msgs, tunnel.WriteMessage{Frames: frames[start:len(frames):len(frames)], Addr: o.cfg.Peer, Flow: flow, Segment: seg})
 	}
 	return msgs
 }
