@@ -26,6 +26,7 @@ func demoCommand() *cli.Command {
 			&cli.DurationFlag{Name: "throughput", Value: 3 * time.Second, Usage: "length of the throughput check"},
 			&cli.StringFlag{Name: "workdir", Usage: "keep etcd data and node logs here (default: a temporary directory, removed on success)"},
 			&cli.StringSliceFlag{Name: "agent-arg", Usage: "extra argument for every `overlay up` (repeatable), e.g. --agent-arg=--naive"},
+			&cli.BoolFlag{Name: "kube", Usage: "kube mode: a real kube-apiserver (built from this source tree's e2e/kube once, then cached), Nodes with pod CIDRs, agents with --kube-subnet-mgr"},
 		},
 		Action: func(c *cli.Context) error {
 			self, err := os.Executable()
@@ -40,6 +41,7 @@ func demoCommand() *cli.Command {
 				Throughput: c.Duration("throughput"),
 				WorkDir:    c.String("workdir"),
 				AgentArgs:  c.StringSlice("agent-arg"),
+				Kube:       c.Bool("kube"),
 			})
 			if err != nil && ctx.Err() != nil {
 				return fmt.Errorf("interrupted; everything the demo created was removed: %w", context.Cause(ctx))

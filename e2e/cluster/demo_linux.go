@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"overlay/e2e/kubeapi"
 )
 
 // DefaultDemoPrefix names the demo's namespaces.
@@ -67,7 +71,11 @@ func runDemo(ctx context.Context, w io.Writer, opts DemoOptions, kind NodeKind) 
 	}
 
 	d := &demo{ctx: ctx, w: w, opts: opts, start: time.Now()}
-	d.printf("overlay demo: %d nodes in network namespaces (%s*), userspace VXLAN over a %d-byte underlay\n\n", opts.Nodes, opts.Prefix, UnderlayMTU)
+	mode := ""
+	if opts.Kube {
+		mode = ", kube subnet manager on a real kube-apiserver"
+	}
+	d.printf("overlay demo: %d nodes in network namespaces (%s*), userspace VXLAN over a %d-byte underlay%s\n\n", opts.Nodes, opts.Prefix, UnderlayMTU, mode)
 
 	// Leftovers of a killed demo would collide with our names.
 	if err := d.step("clean up leftovers of an earlier demo", func() (string, error) {
@@ -93,10 +101,29 @@ func runDemo(ctx context.Context, w io.Writer, opts DemoOptions, kind NodeKind) 
 		return err
 	}
 
+	var kube *KubeOptions
+	if opts.Kube {
+		kube = &KubeOptions{APIServerBinary: opts.APIServerBinary}
+		if kube.APIServerBinary == "" {
+			if err := d.step("kube-apiserver (k8s.io/kubernetes v1.37.2, e2e/kube)", func() (string, error) {
+				bin, err := kubeapi.Build(ctx, "")
+				kube.APIServerBinary = bin
+				return bin, err
+			}); err != nil {
+				logf.Close()
+				return err
+			}
+		}
+	}
+
 	var c *Cluster
 	defer func() {
 		if c != nil {
-			terr := d.step("tear down agents, etcd and namespaces", func() (string, error) {
+			what := "tear down agents, etcd and namespaces"
+			if opts.Kube {
+				what = "tear down agents, apiserver, etcd and namespaces"
+			}
+			terr := d.step(what, func() (string, error) {
 				return "", c.Close()
 			})
 			err = errors.Join(err, terr)
@@ -116,7 +143,11 @@ func runDemo(ctx context.Context, w io.Writer, opts DemoOptions, kind NodeKind) 
 		}
 	}()
 
-	err = d.step("underlay "+netip.PrefixFrom(HubIP, Underlay.Bits()).String()+" on "+opts.Prefix+"br, etcd", func() (string, error) {
+	what := "underlay " + netip.PrefixFrom(HubIP, Underlay.Bits()).String() + " on " + opts.Prefix + "br, etcd"
+	if opts.Kube {
+		what += ", kube-apiserver"
+	}
+	err = d.step(what, func() (string, error) {
 		var err error
 		c, err = New(ctx, Options{
 			Prefix:     opts.Prefix,
@@ -125,26 +156,42 @@ func runDemo(ctx context.Context, w io.Writer, opts DemoOptions, kind NodeKind) 
 			WorkDir:    dir,
 			AgentArgs:  append([]string{"--log-level=info"}, opts.AgentArgs...),
 			Log:        slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Kube:       kube,
 		})
 		if err != nil {
 			return "", err
 		}
-		return strings.Join(c.EtcdServer(), " ") + " on " + EtcdEndpoint(), nil
+		detail := strings.Join(c.EtcdServer(), " ") + " on " + EtcdEndpoint()
+		if s := c.APIServer(); s != nil {
+			detail += "; kube-apiserver on " + s.URL()
+		}
+		return detail, nil
 	})
 	if err != nil {
 		return err
 	}
-	if err := d.step("network config "+c.EtcdPrefix()+"/config", func() (string, error) {
-		resp, err := c.Etcd().Get(ctx, c.EtcdPrefix()+"/config")
-		if err != nil || len(resp.Kvs) == 0 {
-			return "", fmt.Errorf("read back the network config: %v", err)
-		}
-		return string(resp.Kvs[0].Value), nil
-	}); err != nil {
+	if opts.Kube {
+		err = d.step("net-conf.json for --net-config-path", func() (string, error) {
+			b, err := os.ReadFile(c.NetConfPath())
+			return strings.TrimSpace(string(b)), err
+		})
+	} else {
+		err = d.step("network config "+c.EtcdPrefix()+"/config", func() (string, error) {
+			resp, err := c.Etcd().Get(ctx, c.EtcdPrefix()+"/config")
+			if err != nil || len(resp.Kvs) == 0 {
+				return "", fmt.Errorf("read back the network config: %v", err)
+			}
+			return string(resp.Kvs[0].Value), nil
+		})
+	}
+	if err != nil {
 		return err
 	}
 	for i := 1; i <= opts.Nodes; i++ {
 		what := fmt.Sprintf("node %sn%d: overlay up", opts.Prefix, i)
+		if opts.Kube {
+			what = fmt.Sprintf("node %sn%d: Node + overlay up --kube-subnet-mgr", opts.Prefix, i)
+		}
 		if kind == KernelFlannel {
 			what = fmt.Sprintf("node %sn%d: kernel flannel.1", opts.Prefix, i)
 		}
@@ -164,7 +211,12 @@ func runDemo(ctx context.Context, w io.Writer, opts DemoOptions, kind NodeKind) 
 		}
 	}
 
-	if err := d.printLeases(ctx, c); err != nil {
+	if opts.Kube {
+		err = d.printNodes(ctx, c)
+	} else {
+		err = d.printLeases(ctx, c)
+	}
+	if err != nil {
 		return err
 	}
 
@@ -252,6 +304,31 @@ func (d *demo) printLeases(ctx context.Context, c *Cluster) error {
 			}
 		}
 		d.printf("   %s\n   %s\n     (%s)\n", kv.Key, kv.Value, ttl)
+	}
+	d.printf("\n")
+	return nil
+}
+
+// printNodes prints the Nodes' pod CIDRs and flannel annotations, as
+// `kubectl get nodes` and `kubectl describe node` would show them.
+func (d *demo) printNodes(ctx context.Context, c *Cluster) error {
+	list, err := c.Kube().CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	d.printf("\n $ kubectl get nodes -o custom-columns=NAME:.metadata.name,PODCIDR:.spec.podCIDR  # and their %s/* annotations\n", c.AnnotationPrefix())
+	for _, n := range list.Items {
+		d.printf("   %-14s %s\n", n.Name, n.Spec.PodCIDR)
+		var keys []string
+		for k := range n.Annotations {
+			if strings.HasPrefix(k, c.AnnotationPrefix()+"/") {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			d.printf("     %s=%s\n", k, n.Annotations[k])
+		}
 	}
 	d.printf("\n")
 	return nil

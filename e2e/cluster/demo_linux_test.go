@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"overlay/e2e/kubeapi/kubeapitest"
 )
 
 // overlayBin is the overlay binary the harness's own clusters run (`overlay
@@ -142,4 +144,45 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// TestDemoKube runs `overlay demo --kube` (three agents with
+// --kube-subnet-mgr on a real kube-apiserver) and checks its output and
+// that nothing is left behind.
+func TestDemoKube(t *testing.T) {
+	requireRoot(t)
+	const prefix = "ovl-e2k-"
+	bin := kubeapitest.Binary(t)
+	if _, err := CleanupStale(context.Background(), prefix); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := runDemo(ctx, &out, DemoOptions{Binary: overlayBin, Prefix: prefix, Nodes: 3, Throughput: time.Second, Kube: true, APIServerBinary: bin}, Agent)
+	t.Logf("demo output:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("demo: %v", err)
+	}
+	for _, want := range []string{
+		"kube-apiserver on https://172.30.250.1:6443", "overlay up --kube-subnet-mgr", "10.244.3.0/24",
+		"flannel.alpha.coreos.com/kube-subnet-manager=true", `flannel.alpha.coreos.com/backend-data={"VNI":1,"VtepMAC":"`,
+		"30 of 30 pairs answered", "THROUGHPUT", "✓ tear down agents, apiserver", "all checks passed",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	if strings.Contains(out.String(), "✗") || strings.Contains(out.String(), "FAIL") {
+		t.Error("demo output reports a failed step")
+	}
+	left, err := os.ReadDir(netnsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range left {
+		if strings.HasPrefix(e.Name(), prefix) {
+			t.Errorf("namespace %s left behind", e.Name())
+		}
+	}
 }

@@ -395,6 +395,13 @@ type DemoOptions struct {
 	Prefix string
 	// AgentArgs are appended to every `overlay up` command line.
 	AgentArgs []string
+	// Kube runs the demo in kube mode: a real kube-apiserver over the
+	// etcd, Nodes with pod CIDRs, agents with --kube-subnet-mgr.
+	Kube bool
+	// APIServerBinary is the kube-apiserver-test binary for Kube; empty
+	// means build it from this source tree (package overlay/e2e/kubeapi),
+	// which is cached after the first time.
+	APIServerBinary string
 }
 
 // ErrAgentExited means an agent process ended while the harness waited for
