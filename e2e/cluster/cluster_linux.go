@@ -22,7 +22,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"k8s.io/client-go/kubernetes"
 
 	"overlay/e2e/kubeapi"
 )
@@ -39,7 +38,7 @@ type Cluster struct {
 
 	client *clientv3.Client
 	// kube is the admin client of the apiserver in kube mode, set by New.
-	kube             kubernetes.Interface
+	kube             *KubeClient
 	annotationPrefix string
 
 	mu       sync.Mutex // guards the fields below

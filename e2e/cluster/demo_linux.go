@@ -20,7 +20,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"overlay/e2e/kubeapi"
 )
@@ -312,7 +311,7 @@ func (d *demo) printLeases(ctx context.Context, c *Cluster) error {
 // printNodes prints the Nodes' pod CIDRs and flannel annotations, as
 // `kubectl get nodes` and `kubectl describe node` would show them.
 func (d *demo) printNodes(ctx context.Context, c *Cluster) error {
-	list, err := c.Kube().CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	list, err := c.Kube().ListNodes(ctx)
 	if err != nil {
 		return fmt.Errorf("list nodes: %w", err)
 	}

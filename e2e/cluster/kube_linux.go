@@ -15,16 +15,11 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"overlay/deploy"
@@ -81,7 +76,7 @@ func (c *Cluster) startKube(ctx context.Context) error {
 	}
 	rc.Dial = c.hub.DialContext
 	rc.Timeout = 10 * time.Second
-	if c.kube, err = kubernetes.NewForConfig(rc); err != nil {
+	if c.kube, err = newKubeClient(rc); err != nil {
 		return err
 	}
 	return c.writeAgentKubeconfig(ctx, srv)
@@ -104,27 +99,18 @@ func (c *Cluster) writeAgentKubeconfig(ctx context.Context, srv *kubeapi.Server)
 		if len(bytes.TrimSpace(doc)) == 0 {
 			continue
 		}
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
+		obj, err := c.kube.decode(doc)
 		if err != nil {
-			continue // comments-only documents
+			continue // kinds the harness does not apply (ConfigMap, DaemonSet)
 		}
-		switch o := obj.(type) {
-		case *corev1.Namespace:
-			_, err = c.kube.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
-		case *corev1.ServiceAccount:
-			_, err = c.kube.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRole:
-			_, err = c.kube.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRoleBinding:
-			_, err = c.kube.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+		if _, ok := obj.(*corev1.ConfigMap); ok {
+			continue
 		}
-		if err != nil && !apierrors.IsAlreadyExists(err) {
+		if err := c.kube.create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("apply deploy manifest RBAC: %w", err)
 		}
 	}
-	exp := int64(24 * 3600)
-	tr, err := c.kube.CoreV1().ServiceAccounts(deploy.Namespace).CreateToken(ctx, deploy.ServiceAccount,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	token, err := c.kube.token(ctx, deploy.Namespace, deploy.ServiceAccount, 24*3600)
 	if err != nil {
 		return fmt.Errorf("token for ServiceAccount %s/%s: %w", deploy.Namespace, deploy.ServiceAccount, err)
 	}
@@ -132,7 +118,7 @@ func (c *Cluster) writeAgentKubeconfig(ctx context.Context, srv *kubeapi.Server)
 	if err != nil {
 		return err
 	}
-	kc := clientcmdConfig(srv.URL(), ca, tr.Status.Token)
+	kc := clientcmdConfig(srv.URL(), ca, token)
 	return os.WriteFile(c.AgentKubeconfig(), kc, 0o600)
 }
 
@@ -159,7 +145,7 @@ func (c *Cluster) KubeMode() bool { return c.opts.Kube != nil }
 
 // Kube is the harness's admin client of the cluster's apiserver (nil in
 // etcd mode); its connections are made from inside the hub namespace.
-func (c *Cluster) Kube() kubernetes.Interface { return c.kube }
+func (c *Cluster) Kube() *KubeClient { return c.kube }
 
 // APIServer is the cluster's kube-apiserver (nil in etcd mode).
 func (c *Cluster) APIServer() *kubeapi.Server {
@@ -200,7 +186,7 @@ func (c *Cluster) registerNode(ctx context.Context, n *Node) error {
 	if err != nil {
 		return err
 	}
-	_, err = c.kube.CoreV1().Nodes().Create(ctx, &corev1.Node{
+	err = c.kube.CreateNode(ctx, &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:   n.Name,
 			Labels: map[string]string{"kubernetes.io/os": "linux", "kubernetes.io/hostname": n.Name},
@@ -211,7 +197,7 @@ func (c *Cluster) registerNode(ctx context.Context, n *Node) error {
 			Annotations: map[string]string{"node.alpha.kubernetes.io/ttl": "0"},
 		},
 		Spec: corev1.NodeSpec{PodCIDR: cidr.String(), PodCIDRs: []string{cidr.String()}},
-	}, metav1.CreateOptions{})
+	})
 	if err != nil {
 		return fmt.Errorf("create Node %s: %w", n.Name, err)
 	}
@@ -221,7 +207,7 @@ func (c *Cluster) registerNode(ctx context.Context, n *Node) error {
 // DeleteNodeObject deletes the node's Node object, as `kubectl delete
 // node` does; the node's namespaces and datapath stay.
 func (c *Cluster) DeleteNodeObject(ctx context.Context, n *Node) error {
-	return c.kube.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{})
+	return c.kube.DeleteNode(ctx, n.Name)
 }
 
 // SetNodeAnnotation sets (value != "") or removes (value == "") one
@@ -232,13 +218,12 @@ func (c *Cluster) SetNodeAnnotation(ctx context.Context, n *Node, name, value st
 		v = nil
 	}
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{c.annotation(name): v}}})
-	_, err := c.kube.CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{})
-	return err
+	return c.kube.PatchNode(ctx, n.Name, "", patch)
 }
 
 // NodeObject fetches the node's Node.
 func (c *Cluster) NodeObject(ctx context.Context, n *Node) (*corev1.Node, error) {
-	return c.kube.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	return c.kube.GetNode(ctx, n.Name)
 }
 
 // StopAPIServer stops the apiserver (SIGTERM); RestartAPIServer starts it
@@ -279,7 +264,7 @@ func (c *Cluster) kubeAgentArgs() []string {
 // kubeLease reads what a node publishes on its Node: the subnet from
 // spec.podCIDR and PublicIP and VtepMAC from flannel's annotations.
 func (c *Cluster) kubeLease(ctx context.Context, name string) (Lease, error) {
-	node, err := c.kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	node, err := c.kube.GetNode(ctx, name)
 	if err != nil {
 		return Lease{}, err
 	}
@@ -344,7 +329,7 @@ func FlannelAnnotations(prefix string, publicIP netip.Addr, vni int, mac net.Har
 // Node through nodes/status, as flanneld does.
 func (k *kernelNode) kubeAcquire(ctx context.Context) error {
 	c := k.n.c
-	node, err := c.kube.CoreV1().Nodes().Get(ctx, k.n.Name, metav1.GetOptions{})
+	node, err := c.kube.GetNode(ctx, k.n.Name)
 	if err != nil {
 		return fmt.Errorf("get own Node: %w", err)
 	}
@@ -355,7 +340,7 @@ func (k *kernelNode) kubeAcquire(ctx context.Context) error {
 	k.subnet, k.key = sub.Masked(), k.n.Name
 	ann := FlannelAnnotations(c.annotationPrefix, k.n.Underlay, flannelVNI, k.mac)
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
-	if _, err := c.kube.CoreV1().Nodes().Patch(ctx, k.n.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
+	if err := c.kube.PatchNode(ctx, k.n.Name, "status", patch); err != nil {
 		return fmt.Errorf("publish own annotations: %w", err)
 	}
 	k.log.Info("kernel node (flanneld kube emulation) published", "node", k.n.Name, "subnet", k.subnet)
@@ -368,7 +353,7 @@ func (k *kernelNode) kubeResync(ctx context.Context) (string, error) {
 	c := k.n.c
 	lctx, cancel := context.WithTimeout(ctx, etcdOpTimeout)
 	defer cancel()
-	list, err := c.kube.CoreV1().Nodes().List(lctx, metav1.ListOptions{})
+	list, err := c.kube.ListNodes(lctx)
 	if err != nil {
 		return "", fmt.Errorf("list nodes: %w", err)
 	}
@@ -401,7 +386,7 @@ func (k *kernelNode) kubeRun(ctx context.Context) {
 			continue
 		}
 		timeout := int64(60)
-		w, err := c.kube.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{ResourceVersion: rv, TimeoutSeconds: &timeout})
+		w, err := c.kube.WatchNodes(ctx, metav1.ListOptions{ResourceVersion: rv, TimeoutSeconds: &timeout})
 		if err == nil {
 			for ev := range w.ResultChan() {
 				if ev.Type == watch.Error {
