@@ -118,7 +118,7 @@ func (a *acquirer) run(ctx context.Context) (*Lease, error) {
 			return nil, err
 		}
 		a.m.log.Warn("acquiring a subnet lease failed, retrying", "err", err)
-		if !bo.wait(ctx) {
+		if !bo.Wait(ctx) {
 			return nil, ctx.Err()
 		}
 	}

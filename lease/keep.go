@@ -9,6 +9,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"overlay/lease/internal/retry"
 )
 
 // rpcTimeout bounds one etcd call made by Keep, so that a dead connection
@@ -65,12 +67,12 @@ func (k *keeper) run(ctx context.Context) error {
 					return fmt.Errorf("keep lease %s: %w", k.cur.Key, err)
 				}
 				m.log.Warn("cannot check the lease, retrying", "key", k.cur.Key, "err", err)
-				if !bo.wait(ctx) {
+				if !bo.Wait(ctx) {
 					return nil
 				}
 				continue
 			}
-			bo.reset()
+			bo.Reset()
 		}
 		if lost {
 			if err := k.reacquire(ctx); err != nil {
@@ -109,7 +111,7 @@ func (k *keeper) hold(ctx context.Context) (lost bool, err error) {
 			exp, err := k.renew(ctx)
 			switch {
 			case err == nil:
-				renewBo.reset()
+				renewBo.Reset()
 				k.cur.Expiration = exp
 				left := time.Until(exp)
 				// An adopted etcd lease may be shorter than the margin;
@@ -122,7 +124,7 @@ func (k *keeper) hold(ctx context.Context) (lost bool, err error) {
 			case isPermanent(err):
 				return false, err
 			default:
-				d := renewBo.next()
+				d := renewBo.Next()
 				m.log.Warn("cannot renew the lease, retrying", "key", k.cur.Key, "in", d, "expires", k.cur.Expiration, "err", err)
 				timer.Reset(d)
 			}
@@ -233,9 +235,9 @@ func (k *keeper) reacquire(ctx context.Context) error {
 		if isPermanent(err) {
 			return fmt.Errorf("re-acquire lease: %w", err)
 		}
-		d := bo.next()
+		d := bo.Next()
 		m.log.Warn("cannot re-acquire a lease, retrying", "previous", old.Key, "in", d, "err", err)
-		if !sleep(ctx, d) {
+		if !retry.Sleep(ctx, d) {
 			return nil
 		}
 	}

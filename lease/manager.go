@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -16,6 +15,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"overlay/lease/internal/retry"
 )
 
 // Defaults of Options.
@@ -132,7 +133,7 @@ func (m *Manager) Config(ctx context.Context) (*Config, error) {
 				return nil, fmt.Errorf("read config %s: %w", m.configKey, err)
 			}
 			m.log.Warn("cannot read the network config, retrying", "key", m.configKey, "err", err)
-			if !bo.wait(ctx) {
+			if !bo.Wait(ctx) {
 				return nil, ctx.Err()
 			}
 			continue
@@ -164,8 +165,8 @@ func (m *Manager) Config(ctx context.Context) (*Config, error) {
 			return nil, ctx.Err()
 		}
 		if healthy {
-			bo.reset()
-		} else if !bo.wait(ctx) {
+			bo.Reset()
+		} else if !bo.Wait(ctx) {
 			return nil, ctx.Err()
 		}
 	}
@@ -331,36 +332,6 @@ func isPermanent(err error) bool {
 		errors.Is(err, rpctypes.ErrRequestTooLarge)
 }
 
-// backoff is a capped exponential delay with jitter. Not safe for
-// concurrent use; each loop owns one.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func (m *Manager) backoff() *backoff { return &backoff{min: m.minBackoff, max: m.maxBackoff} }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	// Full jitter in [cur/2, cur) keeps many agents from retrying in step.
-	return b.cur/2 + rand.N(b.cur/2+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-// wait sleeps for the next delay; false when ctx ended.
-func (b *backoff) wait(ctx context.Context) bool { return sleep(ctx, b.next()) }
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+func (m *Manager) backoff() *retry.Backoff {
+	return &retry.Backoff{Min: m.minBackoff, Max: m.maxBackoff}
 }

@@ -47,7 +47,7 @@ func (w *watcher) run(ctx context.Context) error {
 	m := w.m
 	bo := m.backoff()
 	for first := true; ; first = false {
-		if !first && !bo.wait(ctx) {
+		if !first && !bo.Wait(ctx) {
 			return nil
 		}
 		rev, err := w.resync(ctx)
@@ -66,7 +66,7 @@ func (w *watcher) run(ctx context.Context) error {
 			return nil
 		}
 		if healthy {
-			bo.reset()
+			bo.Reset()
 		}
 		m.log.Info("peer watch interrupted, listing again", "prefix", m.subnets, "revision", rev, "err", err)
 	}

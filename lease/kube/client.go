@@ -17,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"overlay/lease"
+	"overlay/lease/internal/retry"
 )
 
 // ClientOptions say how to reach the API server, with flanneld's flags.
@@ -87,7 +88,7 @@ func NodeName(ctx context.Context, c Client, getenv func(string) string) (string
 		return n, nil
 	}
 	ns, name := getenv("POD_NAMESPACE"), getenv("POD_NAME")
-	bo := &backoff{min: 200 * time.Millisecond, max: 10 * time.Second}
+	bo := &retry.Backoff{Min: 200 * time.Millisecond, Max: 10 * time.Second}
 	for {
 		rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 		pod, err := c.GetPod(rctx, ns, name)
@@ -102,7 +103,7 @@ func NodeName(ctx context.Context, c Client, getenv func(string) string) (string
 		case permanent(err) || apierrors.IsNotFound(err):
 			return "", fmt.Errorf("find this node's name from pod %s/%s: %w", ns, name, err)
 		}
-		if !sleep(ctx, bo.next()) {
+		if !retry.Sleep(ctx, bo.Next()) {
 			return "", fmt.Errorf("find this node's name from pod %s/%s: %w (%w)", ns, name, err, ctx.Err())
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -24,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"overlay/lease"
+	"overlay/lease/internal/retry"
 )
 
 // Defaults of Options.
@@ -190,7 +190,7 @@ func (m *Manager) Acquire(ctx context.Context, o lease.AcquireOptions) (*lease.L
 				if permanent(err) {
 					return nil, fmt.Errorf("publish annotations on node %s: %w", m.node, err)
 				}
-				delay = bo.next()
+				delay = bo.Next()
 				m.log.Warn("cannot publish the flannel annotations, retrying", "in", delay, "err", err)
 				break
 			}
@@ -202,10 +202,10 @@ func (m *Manager) Acquire(ctx context.Context, o lease.AcquireOptions) (*lease.L
 		case permanent(err):
 			return nil, fmt.Errorf("read node %s: %w", m.node, err)
 		default:
-			delay = bo.next()
+			delay = bo.Next()
 			m.log.Warn("cannot read the node, retrying", "in", delay, "err", err)
 		}
-		if !sleep(ctx, delay) {
+		if !retry.Sleep(ctx, delay) {
 			return nil, ctx.Err()
 		}
 	}
@@ -357,11 +357,11 @@ func (m *Manager) Keep(ctx context.Context, l *lease.Lease, o lease.AcquireOptio
 		retry = nil
 		switch {
 		case err == nil:
-			bo.reset()
+			bo.Reset()
 		case permanent(err):
 			return fmt.Errorf("keep node %s: %w", m.node, err)
 		default:
-			d := bo.next()
+			d := bo.Next()
 			m.log.Warn("cannot update the node, retrying", "in", d, "err", err)
 			timer = time.NewTimer(d)
 			retry = timer.C
@@ -603,29 +603,6 @@ func permanent(err error) bool {
 	return apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)
 }
 
-// backoff is a capped exponential delay with jitter, owned by one loop.
-type backoff struct{ min, max, cur time.Duration }
-
-func (m *Manager) backoff() *backoff { return &backoff{min: 200 * time.Millisecond, max: m.maxBo} }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	return b.cur/2 + rand.N(b.cur/2+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+func (m *Manager) backoff() *retry.Backoff {
+	return &retry.Backoff{Min: 200 * time.Millisecond, Max: m.maxBo}
 }
