@@ -75,26 +75,9 @@ func TestDemoOnKernelNodes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v", err)
 	}
-	for _, want := range []string{
+	checkDemoOutput(t, out.String(), prefix,
 		"✓ underlay 172.30.250.1/24", "/coreos.com/network/subnets/10.244.", `"BackendType":"vxlan"`,
-		"30 of 30 pairs answered", "THROUGHPUT", "✓ tear down", "all checks passed",
-	} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("demo output lacks %q", want)
-		}
-	}
-	if strings.Contains(out.String(), "✗") || strings.Contains(out.String(), "FAIL") {
-		t.Error("demo output reports a failed step")
-	}
-	left, err := os.ReadDir(netnsDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range left {
-		if strings.HasPrefix(e.Name(), prefix) {
-			t.Errorf("namespace %s left behind", e.Name())
-		}
-	}
+		"30 of 30 pairs answered", "THROUGHPUT", "✓ tear down", "all checks passed")
 }
 
 // TestDemoInterrupted cancels the demo in the middle (as Ctrl-C does) and
@@ -164,16 +147,22 @@ func TestDemoKube(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v", err)
 	}
-	for _, want := range []string{
+	checkDemoOutput(t, out.String(), prefix,
 		"kube-apiserver on https://172.30.250.1:6443", "overlay up --kube-subnet-mgr", "10.244.3.0/24",
 		"flannel.alpha.coreos.com/kube-subnet-manager=true", `flannel.alpha.coreos.com/backend-data={"VNI":1,"VtepMAC":"`,
-		"30 of 30 pairs answered", "THROUGHPUT", "✓ tear down agents, apiserver", "all checks passed",
-	} {
-		if !strings.Contains(out.String(), want) {
+		"30 of 30 pairs answered", "THROUGHPUT", "✓ tear down agents, apiserver", "all checks passed")
+}
+
+// checkDemoOutput fails t unless out holds every wanted line and no failed
+// step, and no namespace with prefix is left behind.
+func checkDemoOutput(t *testing.T, out, prefix string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q", want)
 		}
 	}
-	if strings.Contains(out.String(), "✗") || strings.Contains(out.String(), "FAIL") {
+	if strings.Contains(out, "✗") || strings.Contains(out, "FAIL") {
 		t.Error("demo output reports a failed step")
 	}
 	left, err := os.ReadDir(netnsDir)
