@@ -84,6 +84,11 @@ func TestAgentPingCrosses(t *testing.T) {
 	if !st.Ready || len(st.Peers) != 1 || st.Peers[0].Subnet != a.Subnet().String() || st.Totals["rx"].Packets == 0 {
 		t.Errorf("status of %s = ready %v, peers %+v, rx %+v; want ready, one peer %v, traffic", b.Name, st.Ready, st.Peers, st.Totals["rx"], a.Subnet())
 	}
+	// Agents send a real outer UDP checksum, so with steering every frame
+	// from a arrives on the checksummed socket.
+	if st.ChecksumSteering && st.Checksums.OuterVerified == 0 {
+		t.Errorf("status of %s: checksum steering on but no outer-checksummed datagram counted (%+v)", b.Name, st.Checksums)
+	}
 
 	if len(masq) > 0 {
 		var out []byte

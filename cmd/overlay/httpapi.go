@@ -43,9 +43,14 @@ type agentStatus struct {
 	GRO        bool   `json:"gro"`
 	// SourceCheck is the check on received frames' senders (--source-check);
 	// its drops are rx unknown_source and spoofed_source.
-	SourceCheck  string       `json:"sourceCheck"`
-	LeaseExpires *time.Time   `json:"leaseExpires,omitempty"` // nil for a reservation and with the kube manager
-	Peers        []peerStatus `json:"peers"`
+	SourceCheck string `json:"sourceCheck"`
+	// ChecksumSteering reports that datagrams with an outer UDP checksum
+	// are received on a socket of their own and their inner checksums
+	// trusted; Checksums counts what the receive path did with checksums.
+	ChecksumSteering bool           `json:"checksumSteering"`
+	Checksums        checksumCounts `json:"checksums"`
+	LeaseExpires     *time.Time     `json:"leaseExpires,omitempty"` // nil for a reservation and with the kube manager
+	Peers            []peerStatus   `json:"peers"`
 	// MalformedPeers counts peer records (leases, Nodes) skipped because
 	// they cannot be used, each version once.
 	MalformedPeers uint64 `json:"malformed_peers"`
@@ -54,6 +59,17 @@ type agentStatus struct {
 	Drops map[string]map[string]uint64 `json:"drops"`
 	// Totals counts packets and bytes carried, by direction.
 	Totals map[string]traffic `json:"totals"`
+}
+
+// checksumCounts says how received frames' checksums were handled.
+type checksumCounts struct {
+	// OuterVerified counts datagrams that carried an outer UDP checksum
+	// the kernel verified, whose inner checksums were not verified again
+	// (agents send them; kernel VTEPs over IPv4 usually send none).
+	OuterVerified uint64 `json:"outerVerified"`
+	// PartialCompleted counts inner packets whose transport checksum a
+	// kernel VTEP on a virtual link left unfinished, completed here.
+	PartialCompleted uint64 `json:"partialCompleted"`
 }
 
 type traffic struct {
@@ -139,13 +155,15 @@ var (
 	descPeerB   = prometheus.NewDesc("overlay_peer_bytes_total", "Inner IP bytes exchanged with a peer, by direction.", []string{"peer", "direction"}, nil)
 	descExpiry  = prometheus.NewDesc("overlay_lease_expiry_seconds", "Seconds until the node's subnet lease expires (absent for a reservation).", nil, nil)
 	descReady   = prometheus.NewDesc("overlay_ready", "1 once the lease is held, the datapath runs and subnet.env is written.", nil, nil)
-	descInfo    = prometheus.NewDesc("overlay_info", "The agent's build, subnet manager and datapath mode.", []string{"version", "subnet", "tun_mode", "gso", "gro", "source_check", "subnet_manager"}, nil)
+	descInfo    = prometheus.NewDesc("overlay_info", "The agent's build, subnet manager and datapath mode.", []string{"version", "subnet", "tun_mode", "gso", "gro", "source_check", "checksum_steering", "subnet_manager"}, nil)
+	descOuterCk = prometheus.NewDesc("overlay_rx_outer_checksummed_total", "Datagrams received with an outer UDP checksum the kernel verified; their inner checksums were not verified again.", nil, nil)
+	descPartial = prometheus.NewDesc("overlay_rx_partial_checksums_total", "Inner packets whose transport checksum a kernel VTEP on a virtual link left unfinished, completed by the agent.", nil, nil)
 	descBadPeer = prometheus.NewDesc("overlay_malformed_peers_total", "Peer records (etcd leases, Kubernetes Nodes) skipped because they cannot be used, each version once.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (s *statusServer) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descBytes, descDrops, descPeers, descPeerPkt, descPeerB, descExpiry, descReady, descInfo, descBadPeer} {
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descDrops, descPeers, descPeerPkt, descPeerB, descExpiry, descReady, descInfo, descBadPeer, descOuterCk, descPartial} {
 		ch <- d
 	}
 }
@@ -184,6 +202,8 @@ func (s *statusServer) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	gauge(descReady, ready)
-	gauge(descInfo, 1, st.Version, st.Subnet, st.TUNMode, fmt.Sprint(st.GSO), fmt.Sprint(st.GRO), st.SourceCheck, st.SubnetManager)
+	gauge(descInfo, 1, st.Version, st.Subnet, st.TUNMode, fmt.Sprint(st.GSO), fmt.Sprint(st.GRO), st.SourceCheck, fmt.Sprint(st.ChecksumSteering), st.SubnetManager)
 	counter(descBadPeer, st.MalformedPeers)
+	counter(descOuterCk, st.Checksums.OuterVerified)
+	counter(descPartial, st.Checksums.PartialCompleted)
 }

@@ -21,6 +21,7 @@ func testStatus() agentStatus {
 		Version: "test", Interface: "eth0", PublicIP: "172.30.250.11", Network: "10.244.0.0/16",
 		Subnet: "10.244.62.0/24", VtepMAC: "3a:2e:6c:5d:b4:d6", VNI: 1, Port: 8472, MTU: 1450,
 		TUN: "overlay0", TUNMode: "offload", GSO: true, GRO: true, SourceCheck: "strict", LeaseExpires: &exp,
+		ChecksumSteering: true, Checksums: checksumCounts{OuterVerified: 41, PartialCompleted: 5},
 		Peers: []peerStatus{
 			{Subnet: "10.244.83.0/24", Endpoint: "172.30.250.12:8472", VtepMAC: "a6:c3:4f:6d:8b:b2", LastSeen: &seen,
 				Tx: traffic{Packets: 10, Bytes: 840}, Rx: traffic{Packets: 9, Bytes: 756}},
@@ -87,7 +88,9 @@ func TestStatusServer(t *testing.T) {
 		`overlay_ready 1`,
 		`overlay_drops_total{direction="rx",reason="unknown_source"} 7`,
 		`overlay_drops_total{direction="rx",reason="spoofed_source"} 0`,
-		`overlay_info{gro="true",gso="true",source_check="strict",subnet="10.244.62.0/24",subnet_manager="etcd",tun_mode="offload",version="test"} 1`,
+		`overlay_rx_outer_checksummed_total 41`,
+		`overlay_rx_partial_checksums_total 5`,
+		`overlay_info{checksum_steering="true",gro="true",gso="true",source_check="strict",subnet="10.244.62.0/24",subnet_manager="etcd",tun_mode="offload",version="test"} 1`,
 		`overlay_malformed_peers_total 3`,
 		`overlay_lease_expiry_seconds 8279`,
 	} {
@@ -113,7 +116,8 @@ func TestStatusServer(t *testing.T) {
 	}
 	for _, want := range []string{"10.244.62.0/24 of 10.244.0.0/16", "offload", "172.30.250.12:8472", "3s ago", "rx wrong_vni: 4",
 		"peers (2, 3 malformed records skipped)", "subnet manager:  etcd", "lease expires:",
-		"source check:", "strict, refused: unknown_source 7, spoofed_source 0"} {
+		"source check:", "strict, refused: unknown_source 7, spoofed_source 0",
+		"steering on, outer-checksummed datagrams 41 (inner not re-verified), partial completed 5"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("overlay status output lacks %q:\n%s", want, out.String())
 		}

@@ -88,6 +88,8 @@ func printStatus(w io.Writer, st agentStatus, now time.Time) error {
 	fmt.Fprintf(tw, "datapath:\t%s (%s), MTU %d, VtepMAC %s, GSO %s, GRO %s\n", st.TUN, st.TUNMode, st.MTU, st.VtepMAC, onOff(st.GSO), onOff(st.GRO))
 	fmt.Fprintf(tw, "source check:\t%s, refused: unknown_source %d, spoofed_source %d\n", st.SourceCheck,
 		st.Drops["rx"]["unknown_source"], st.Drops["rx"]["spoofed_source"])
+	fmt.Fprintf(tw, "checksums:\tsteering %s, outer-checksummed datagrams %d (inner not re-verified), partial completed %d\n",
+		onOff(st.ChecksumSteering), st.Checksums.OuterVerified, st.Checksums.PartialCompleted)
 	tx, rx := st.Totals["tx"], st.Totals["rx"]
 	fmt.Fprintf(tw, "traffic:\ttx %d packets %s, rx %d packets %s\n", tx.Packets, humanBytes(tx.Bytes), rx.Packets, humanBytes(rx.Bytes))
 	if err := tw.Flush(); err != nil {

@@ -498,6 +498,8 @@ func (a *agent) statusSnapshot() agentStatus {
 	ts := a.tun.Stats()
 	st.TUN, st.TUNMode, st.GSO, st.GRO = ts.Device, ts.Mode.String(), ts.GSO, ts.GRO
 	st.SourceCheck = ts.SourceCheck.String()
+	st.ChecksumSteering = ts.ChecksumSteering
+	st.Checksums = checksumCounts{OuterVerified: ts.In.Checksummed, PartialCompleted: ts.In.PartialChecksums}
 	if ts.Naive {
 		st.TUNMode += " (naive)"
 	}

@@ -425,20 +425,27 @@ func lastLines(s string, n int) string {
 // AgentStatus is the part of an agent's GET /status document the harness
 // reads (the agent serves more; unknown fields are ignored).
 type AgentStatus struct {
-	Ready        bool         `json:"ready"`
-	PublicIP     string       `json:"publicIP"`
-	Subnet       string       `json:"subnet"`
-	VtepMAC      string       `json:"vtepMAC"`
-	VNI          uint32       `json:"vni"`
-	Port         int          `json:"port"`
-	MTU          int          `json:"mtu"`
-	TUN          string       `json:"tun"`
-	TUNMode      string       `json:"tunMode"`
-	GSO          bool         `json:"gso"`
-	GRO          bool         `json:"gro"`
-	SourceCheck  string       `json:"sourceCheck"`
-	LeaseExpires *time.Time   `json:"leaseExpires"`
-	Peers        []PeerStatus `json:"peers"`
+	Ready        bool       `json:"ready"`
+	PublicIP     string     `json:"publicIP"`
+	Subnet       string     `json:"subnet"`
+	VtepMAC      string     `json:"vtepMAC"`
+	VNI          uint32     `json:"vni"`
+	Port         int        `json:"port"`
+	MTU          int        `json:"mtu"`
+	TUN          string     `json:"tun"`
+	TUNMode      string     `json:"tunMode"`
+	GSO          bool       `json:"gso"`
+	GRO          bool       `json:"gro"`
+	SourceCheck  string     `json:"sourceCheck"`
+	LeaseExpires *time.Time `json:"leaseExpires"`
+	// ChecksumSteering: datagrams with an outer UDP checksum are received
+	// apart and their inner checksums trusted; Checksums counts them.
+	ChecksumSteering bool `json:"checksumSteering"`
+	Checksums        struct {
+		OuterVerified    uint64 `json:"outerVerified"`
+		PartialCompleted uint64 `json:"partialCompleted"`
+	} `json:"checksums"`
+	Peers []PeerStatus `json:"peers"`
 	// SubnetManager is "etcd" or "kube"; Node is the agent's Node name in
 	// kube mode.
 	SubnetManager  string                       `json:"subnet_manager"`
