@@ -29,7 +29,7 @@ build:
 SYSDEPS := iproute2:ip iproute2:bridge iproute2:ss iputils-ping:ping \
 	iperf3:iperf3 sockperf:sockperf tcpdump:tcpdump kmod:modprobe \
 	procps:ps nftables:nft iptables:iptables \
-	util-linux:setpriv util-linux:unshare util-linux:nsenter \
+	util-linux:setpriv util-linux:unshare util-linux:nsenter util-linux:taskset \
 	coreutils:sleep coreutils:true
 # The directory of symlinks that is the tests' whole PATH.
 TOOLPATH := $(CURDIR)/bin/toolpath

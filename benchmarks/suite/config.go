@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -152,6 +153,11 @@ type Config struct {
 	// FloorArgsB those of path floor-b (see `overlay-bench floor-relay
 	// --help`): how the floor is tuned.
 	FloorArgs, FloorArgsB []string
+	// AppCPUs, when set, pins the applications that load the paths: the
+	// clients (iperf3 -c, sockperf ping-pong, in node a) to AppCPUs[0],
+	// the servers (node b) to AppCPUs[1], with taskset. Nil leaves their
+	// placement to the scheduler.
+	AppCPUs []int
 	// Repetitions of every path; 0 means 3.
 	Repetitions int
 	// Duration of every test; 0 means 10 s.
@@ -193,6 +199,15 @@ type Config struct {
 // touches the system; the caller should fix its flags.
 var errConfig = errors.New("bad benchmark configuration")
 
+// appCPU is the CPU the clients (side 0) or the servers (side 1) are
+// pinned to, or -1.
+func (c Config) appCPU(side int) int {
+	if c.AppCPUs == nil {
+		return -1
+	}
+	return c.AppCPUs[side]
+}
+
 func (c Config) withDefaults() (Config, error) {
 	if c.Paths == nil {
 		c.Paths = slices.Clone(AllPaths)
@@ -228,6 +243,16 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: test duration %v is not whole seconds (iperf3 and sockperf count whole seconds)", errConfig, c.Duration)
 	case c.OutDir == "":
 		return c, fmt.Errorf("%w: no output directory", errConfig)
+	}
+	if c.AppCPUs != nil {
+		if len(c.AppCPUs) != 2 {
+			return c, fmt.Errorf("%w: application CPUs %v: want two, the clients' and the servers'", errConfig, c.AppCPUs)
+		}
+		for _, cpu := range c.AppCPUs {
+			if cpu < 0 || cpu >= runtime.NumCPU() {
+				return c, fmt.Errorf("%w: application CPU %d not in 0..%d", errConfig, cpu, runtime.NumCPU()-1)
+			}
+		}
 	}
 	switch c.TUNDriver {
 	case "", "auto", "offload", "plain":

@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -235,6 +236,9 @@ func TestConfigDefaults(t *testing.T) {
 		"B without bin":     {OutDir: "x", Paths: []PathID{OverlayB}, OverlayBin: "bin/overlay"},
 		"unknown test":      {OutDir: "x", Paths: []PathID{Underlay}, Tests: []string{"ping"}},
 		"empty tests":       {OutDir: "x", Paths: []PathID{Underlay}, Tests: []string{}},
+		"one app CPU":       {OutDir: "x", Paths: []PathID{Underlay}, AppCPUs: []int{0}},
+		"app CPU too high":  {OutDir: "x", Paths: []PathID{Underlay}, AppCPUs: []int{0, runtime.NumCPU()}},
+		"app CPU negative":  {OutDir: "x", Paths: []PathID{Underlay}, AppCPUs: []int{-1, 0}},
 	} {
 		if _, err := bad.withDefaults(); !errors.Is(err, errConfig) {
 			t.Errorf("%s: err = %v, want errConfig", name, err)

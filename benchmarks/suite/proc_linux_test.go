@@ -2,8 +2,14 @@ package suite
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseProcStat(t *testing.T) {
@@ -82,4 +88,40 @@ func TestKernelTicks(t *testing.T) {
 	if c := b.kernelCoresSince(a); c != 0.5 {
 		t.Errorf("kernelCoresSince = %v, want 0.5 (100 of 400 ticks on 2 CPUs)", c)
 	}
+}
+
+// TestOnCPU starts a real process through onCPU (as the suite starts the
+// servers with Config.AppCPUs) and reads its affinity back from /proc.
+func TestOnCPU(t *testing.T) {
+	if _, err := exec.LookPath("taskset"); err != nil {
+		t.Skip("needs taskset (apt-get install util-linux)")
+	}
+	if got := onCPU(-1, "sleep", "5"); len(got) != 2 {
+		t.Errorf("onCPU(-1) = %q, want the argv unchanged", got)
+	}
+	cpu := runtime.NumCPU() - 1
+	p, err := startProcess("sleeper", "", filepath.Join(t.TempDir(), "log"), onCPU(cpu, "sleep", "5")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	want := fmt.Sprint(cpu)
+	var got string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		// Until taskset has exec'd sleep, the process may still be taskset
+		// (already pinned: it sets the affinity before exec).
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+				got = strings.TrimSpace(v)
+			}
+		}
+		if got == want {
+			return
+		}
+	}
+	t.Errorf("pinned process's Cpus_allowed_list = %q, want %q", got, want)
 }

@@ -29,7 +29,7 @@ const (
 // with apt-get when allowed.
 func ensureTools(ctx context.Context, cfg Config) error {
 	var missing []string
-	for _, t := range []string{"iperf3", "sockperf", "ip", "bridge", "ping", "ss"} {
+	for _, t := range []string{"iperf3", "sockperf", "ip", "bridge", "ping", "ss", "taskset"} {
 		if _, err := exec.LookPath(t); err != nil {
 			missing = append(missing, t)
 		}
@@ -37,7 +37,7 @@ func ensureTools(ctx context.Context, cfg Config) error {
 	if len(missing) == 0 {
 		return nil
 	}
-	pkgs := map[string]string{"iperf3": "iperf3", "sockperf": "sockperf", "ip": "iproute2", "bridge": "iproute2", "ss": "iproute2", "ping": "iputils-ping"}
+	pkgs := map[string]string{"iperf3": "iperf3", "sockperf": "sockperf", "ip": "iproute2", "bridge": "iproute2", "ss": "iproute2", "ping": "iputils-ping", "taskset": "util-linux"}
 	var need []string
 	for _, t := range missing {
 		if p := pkgs[t]; !slices.Contains(need, p) {
@@ -76,16 +76,17 @@ type servers struct {
 
 // startServers starts iperf3 and sockperf servers bound to target in node
 // b and waits until both listen; undo stops them.
-func startServers(ctx context.Context, target netip.Addr, dir string, undo *undoStack) (*servers, error) {
+// With cpu >= 0 both servers are pinned to that CPU.
+func startServers(ctx context.Context, target netip.Addr, cpu int, dir string, undo *undoStack) (*servers, error) {
 	b := nodes[1].ns
 	ip, err := startProcess("iperf3 server", b, filepath.Join(dir, "iperf3-server.log"),
-		"iperf3", "-s", "-B", target.String(), "-p", strconv.Itoa(iperfPort), "--idle-timeout", "60")
+		onCPU(cpu, "iperf3", "-s", "-B", target.String(), "-p", strconv.Itoa(iperfPort), "--idle-timeout", "60")...)
 	if err != nil {
 		return nil, err
 	}
 	undo.push("stop iperf3 server", ip.stop)
 	sp, err := startProcess("sockperf server", b, filepath.Join(dir, "sockperf-server.log"),
-		"sockperf", "server", "-i", target.String(), "-p", strconv.Itoa(sockperfPort))
+		onCPU(cpu, "sockperf", "server", "-i", target.String(), "-p", strconv.Itoa(sockperfPort))...)
 	if err != nil {
 		return nil, err
 	}
@@ -142,19 +143,36 @@ type test struct {
 	// moved, computed from the throughput metric gbps; empty for tests
 	// that move no bulk data.
 	cpuPerGB, gbps string
-	run            func(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error)
+	run            func(ctx context.Context, e testEnv) (map[string]float64, error)
+}
+
+// testEnv is what a test's client needs: the server's address, the test's
+// duration, and the CPU to pin the client to (-1: none).
+type testEnv struct {
+	target netip.Addr
+	d      time.Duration
+	cpu    int
+}
+
+// onCPU prefixes argv with taskset when cpu >= 0, so the program runs
+// pinned to that CPU (Config.AppCPUs).
+func onCPU(cpu int, argv ...string) []string {
+	if cpu < 0 {
+		return argv
+	}
+	return append([]string{"taskset", "-c", strconv.Itoa(cpu)}, argv...)
 }
 
 // tests run in this order (AllTests's) on every path.
 var tests = []test{
 	{id: TestTCP1, title: "TCP 1 stream", cpuMachine: MetricCPUMachTCP1, cpuAgents: MetricCPUAgentTCP1,
 		cpuPerGB: MetricCPUGBTCP1, gbps: MetricTCP1,
-		run: func(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error) {
-			return iperfTCP(ctx, target, d, 1, MetricTCP1)
+		run: func(ctx context.Context, e testEnv) (map[string]float64, error) {
+			return iperfTCP(ctx, e, 1, MetricTCP1)
 		}},
 	{id: TestTCP4, title: "TCP 4 streams", cpuPerGB: MetricCPUGBTCP4, gbps: MetricTCP4,
-		run: func(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error) {
-			return iperfTCP(ctx, target, d, 4, MetricTCP4)
+		run: func(ctx context.Context, e testEnv) (map[string]float64, error) {
+			return iperfTCP(ctx, e, 4, MetricTCP4)
 		}},
 	{id: TestUDP64, title: "UDP 64 B", cpuMachine: MetricCPUMachUDP64, cpuAgents: MetricCPUAgentUDP64, run: iperfUDP},
 	{id: TestRTT, title: "UDP ping-pong", run: sockperfPingPong},
@@ -173,11 +191,11 @@ func iperfOmit(d time.Duration) []string {
 // runIperf runs an iperf3 client in node a against target and returns its
 // -J output. iperf3 reports its own errors in the JSON, so the JSON error
 // wins over the exit status.
-func runIperf(ctx context.Context, target netip.Addr, d time.Duration, extra ...string) ([]byte, error) {
-	argv := []string{"iperf3", "-c", target.String(), "-p", strconv.Itoa(iperfPort),
-		"-t", strconv.Itoa(int(d / time.Second)), "-J", "--connect-timeout", "5000"}
-	argv = append(append(argv, iperfOmit(d)...), extra...)
-	out, err := runTool(ctx, nodes[0].ns, d+toolSlack, argv...)
+func runIperf(ctx context.Context, e testEnv, extra ...string) ([]byte, error) {
+	argv := onCPU(e.cpu, "iperf3", "-c", e.target.String(), "-p", strconv.Itoa(iperfPort),
+		"-t", strconv.Itoa(int(e.d/time.Second)), "-J", "--connect-timeout", "5000")
+	argv = append(append(argv, iperfOmit(e.d)...), extra...)
+	out, err := runTool(ctx, nodes[0].ns, e.d+toolSlack, argv...)
 	if err != nil {
 		if _, jerr := decodeIperf(out); jerr != nil && !errors.Is(jerr, errParse) {
 			return out, jerr
@@ -186,8 +204,8 @@ func runIperf(ctx context.Context, target netip.Addr, d time.Duration, extra ...
 	return out, err
 }
 
-func iperfTCP(ctx context.Context, target netip.Addr, d time.Duration, streams int, metric string) (map[string]float64, error) {
-	out, err := runIperf(ctx, target, d, "-P", strconv.Itoa(streams))
+func iperfTCP(ctx context.Context, e testEnv, streams int, metric string) (map[string]float64, error) {
+	out, err := runIperf(ctx, e, "-P", strconv.Itoa(streams))
 	if err != nil {
 		return nil, err
 	}
@@ -198,8 +216,8 @@ func iperfTCP(ctx context.Context, target netip.Addr, d time.Duration, streams i
 	return map[string]float64{metric: gbps}, nil
 }
 
-func iperfUDP(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error) {
-	out, err := runIperf(ctx, target, d, "-u", "-b", "0", "-l", strconv.Itoa(udpPayload))
+func iperfUDP(ctx context.Context, e testEnv) (map[string]float64, error) {
+	out, err := runIperf(ctx, e, "-u", "-b", "0", "-l", strconv.Itoa(udpPayload))
 	if err != nil {
 		return nil, err
 	}
@@ -210,9 +228,9 @@ func iperfUDP(ctx context.Context, target netip.Addr, d time.Duration) (map[stri
 	return map[string]float64{MetricUDP64PPS: r.PPS, MetricUDP64Loss: r.LossPct}, nil
 }
 
-func sockperfPingPong(ctx context.Context, target netip.Addr, d time.Duration) (map[string]float64, error) {
-	out, err := runTool(ctx, nodes[0].ns, d+toolSlack, "sockperf", "ping-pong", "-i", target.String(),
-		"-p", strconv.Itoa(sockperfPort), "-t", strconv.Itoa(int(d/time.Second)), "-m", strconv.Itoa(pingPongSize), "--full-rtt")
+func sockperfPingPong(ctx context.Context, e testEnv) (map[string]float64, error) {
+	out, err := runTool(ctx, nodes[0].ns, e.d+toolSlack, onCPU(e.cpu, "sockperf", "ping-pong", "-i", e.target.String(),
+		"-p", strconv.Itoa(sockperfPort), "-t", strconv.Itoa(int(e.d/time.Second)), "-m", strconv.Itoa(pingPongSize), "--full-rtt")...)
 	if err != nil {
 		return nil, err
 	}

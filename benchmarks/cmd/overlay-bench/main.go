@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -80,6 +81,7 @@ func run(args []string) int {
 		verbose    = fs.Bool("v", false, "log setup and cleanup steps")
 		floorArgs  = fs.String("floor-args", "", "extra flags for the floor relay of path floor, space-separated (see overlay-bench floor-relay --help)")
 		floorArgsB = fs.String("floor-b-args", "", "flags for the floor relay of path floor-b, space-separated (adds floor-b to --paths): an A/B comparison of two floor settings")
+		appCPUs    = fs.String("app-cpus", "", "pin the load: CLIENT,SERVER CPUs for iperf3/sockperf clients (node a) and servers (node b), with taskset (default: the scheduler places them)")
 		render     = fs.String("render", "", "measure nothing: re-render results.md and chart.svg from this results.json, in its directory")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -121,6 +123,17 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "overlay-bench: --tests: %v\n", err)
 		return 2
 	}
+	var cpus []int
+	if *appCPUs != "" {
+		for _, f := range strings.Split(*appCPUs, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "overlay-bench: --app-cpus %q: want CLIENT,SERVER CPU numbers\n", *appCPUs)
+				return 2
+			}
+			cpus = append(cpus, n)
+		}
+	}
 	dir := *out
 	if dir == "" {
 		dir = defaultOutDir(time.Now())
@@ -143,6 +156,7 @@ func run(args []string) int {
 		TUNDriver:   *tunDriver,
 		FloorArgs:   strings.Fields(*floorArgs),
 		FloorArgsB:  strings.Fields(*floorArgsB),
+		AppCPUs:     cpus,
 		OutDir:      dir,
 		Install:     *install,
 		KeepLogs:    *keepLogs,
