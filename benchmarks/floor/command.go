@@ -54,6 +54,8 @@ func Command(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&lock, "lock-threads", false, "lock each direction's goroutine to an OS thread")
 	fs.BoolVar(&cfg.SendMsg, "sendmsg", false, "send super-packets with one sendmsg each from a socket of the relay's own")
 	fs.BoolVar(&cfg.ZeroCopy, "zerocopy", false, "send super-packets with MSG_ZEROCOPY (implies --sendmsg)")
+	fs.IntVar(&cfg.TxQueueLen, "txqueuelen", 0, "TUN transmit queue length, packets (0: the kernel's, 500)")
+	fs.DurationVar(&cfg.Pace, "pace", 0, "sleep this long after every TUN batch that filled --batch (0: never)")
 	fs.IntVar(&cpuOut, "cpu-out", -1, "pin the TUN-to-UDP thread to this CPU (-1: no)")
 	fs.IntVar(&cpuIn, "cpu-in", -1, "pin the UDP-to-TUN thread to this CPU (-1: no)")
 	if err := fs.Parse(args); err != nil {

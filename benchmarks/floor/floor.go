@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"overlay/encap"
 )
@@ -69,6 +70,14 @@ type Config struct {
 	// tunnel's sendmmsg; ZeroCopy (which implies SendMsg) adds
 	// MSG_ZEROCOPY to those sends. The zero-copy lever's A/B.
 	SendMsg, ZeroCopy bool
+	// TxQueueLen, when > 0, sets the TUN's transmit queue length (the
+	// packets the kernel holds for the out direction before it drops;
+	// Linux's default for a TUN is 500).
+	TxQueueLen int
+	// Pace, when > 0, makes the out direction sleep this long after every
+	// batch that filled Batch: a flooding sender's relay then leaves the
+	// CPUs to the receiver, and the TUN queue drops what it cannot hold.
+	Pace time.Duration
 	// CPUOut and CPUIn, when >= 0, pin the out and in goroutines' threads
 	// to that CPU (implies LockThreads). -1 leaves them to the scheduler.
 	CPUOut, CPUIn int
@@ -102,6 +111,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("floor: batch %d not in 1..1024", c.Batch)
 	case c.SourcePorts < 0:
 		return c, fmt.Errorf("floor: source ports %d is negative", c.SourcePorts)
+	case c.TxQueueLen < 0:
+		return c, fmt.Errorf("floor: TUN queue length %d is negative", c.TxQueueLen)
+	case c.Pace < 0 || c.Pace > time.Second:
+		return c, fmt.Errorf("floor: pace %v not in 0..1s", c.Pace)
 	case c.SocketBuffer < 0:
 		return c, fmt.Errorf("floor: socket buffer %d is negative", c.SocketBuffer)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -39,6 +40,11 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 		return err
 	}
 	defer dev.Close()
+	if cfg.TxQueueLen > 0 {
+		if err := setTxQueueLen(cfg.TUN, cfg.TxQueueLen); err != nil {
+			return err
+		}
+	}
 	vio, ok := tunnel.RawVnet(dev)
 	if !ok {
 		return errors.New("floor: the TUN has no virtio-net header calls")
@@ -131,7 +137,11 @@ func (o *out) run() error {
 	frames := make([][]byte, 0, o.cfg.Batch+2*maxSegs)
 	msgs := make([]tunnel.WriteMessage, 0, 2+maxSegs)
 	peer := o.cfg.Peer
+	pause := false // the last batch filled cfg.Batch: sleep cfg.Pace once it is sent
 	for {
+		if pause {
+			time.Sleep(o.cfg.Pace)
+		}
 		frames, msgs = frames[:0], msgs[:0]
 		off, n := 0, 0
 		var super []byte // the batch's super-packet, with its header
@@ -171,6 +181,7 @@ func (o *out) run() error {
 			frames = append(frames, frame)
 			off = (off + encap.Headroom + len(pkt) + 7) &^ 7
 		}
+		pause = n == o.cfg.Batch && o.cfg.Pace > 0
 		if len(frames) > 0 {
 			msgs = append(msgs, tunnel.WriteMessage{Frames: frames, Addr: peer, Flow: flow})
 		}
@@ -300,4 +311,23 @@ func (i *in) write(pkt []byte) error {
 	err := i.vio.Write(i.single[:])
 	i.single[1] = nil
 	return err
+}
+
+// setTxQueueLen sets the transmit queue length of the interface name (a
+// TUN resizes its packet ring to match).
+func setTxQueueLen(name string, n int) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("floor: txqueuelen: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return fmt.Errorf("floor: txqueuelen: %w", err)
+	}
+	ifr.SetUint32(uint32(n))
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFTXQLEN, ifr); err != nil {
+		return fmt.Errorf("floor: set %s txqueuelen %d: %w", name, n, err)
+	}
+	return nil
 }

@@ -51,7 +51,7 @@ func run(t *testing.T, argv ...string) string {
 // the zero-copy sender of super-packets, and without coalescing.
 func TestFloorKernelVXLAN(t *testing.T) {
 	requireRoot(t)
-	for _, flags := range [][]string{nil, {"--sendmsg"}, {"--zerocopy"}, {"--no-coalesce"}} {
+	for _, flags := range [][]string{nil, {"--sendmsg"}, {"--zerocopy"}, {"--no-coalesce"}, {"--txqueuelen", "64", "--pace", "50us"}} {
 		t.Run(strings.Join(append([]string{"flags"}, flags...), ""), func(t *testing.T) { floorKernelVXLAN(t, flags) })
 	}
 }
@@ -150,6 +150,13 @@ func floorKernelVXLAN(t *testing.T, flags []string) {
 		run(t, append([]string{"ip"}, c...)...)
 	}
 
+	for i, f := range flags {
+		if f == "--txqueuelen" {
+			if out := run(t, "ip", "-n", a, "link", "show", "fl-tun0"); !strings.Contains(out, "qlen "+flags[i+1]) {
+				t.Errorf("fl-tun0 after --txqueuelen %s:\n%s", flags[i+1], out)
+			}
+		}
+	}
 	for _, size := range []string{"56", "1400"} {
 		run(t, "ip", "netns", "exec", a, "ping", "-c", "3", "-i", "0.2", "-W", "2", "-s", size, "10.244.2.0")
 		run(t, "ip", "netns", "exec", b, "ping", "-c", "3", "-i", "0.2", "-W", "2", "-s", size, "10.244.1.0")
