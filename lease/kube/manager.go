@@ -314,15 +314,9 @@ func (m *Manager) Keep(ctx context.Context, l *lease.Lease, o lease.AcquireOptio
 	}
 	k := &keeper{m: m, o: o, cur: *l, onChange: onChange}
 	sig := make(chan struct{}, 1)
-	store, ctrl := m.informer(fields.OneTermEqualSelector("metadata.name", m.node).String(), sig)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		ctrl.RunWithContext(ctx)
-	}()
-	defer wg.Wait()
-	if !cache.WaitForCacheSync(ctx.Done(), ctrl.HasSynced) {
+	store, synced, wait := m.runInformer(ctx, fields.OneTermEqualSelector("metadata.name", m.node).String(), sig)
+	defer wait()
+	if !synced {
 		return nil
 	}
 
@@ -425,6 +419,17 @@ func (k *keeper) sync(ctx context.Context, n *corev1.Node) error {
 	return nil
 }
 
+// runInformer runs m.informer(selector, sig) until ctx is done and waits
+// for its first list. It returns the store, whether the list completed
+// (false: ctx ended first), and wait, which returns once the informer has
+// stopped after ctx is done.
+func (m *Manager) runInformer(ctx context.Context, selector string, sig chan<- struct{}) (store cache.Store, synced bool, wait func()) {
+	store, ctrl := m.informer(selector, sig)
+	var wg sync.WaitGroup
+	wg.Go(func() { ctrl.RunWithContext(ctx) })
+	return store, cache.WaitForCacheSync(ctx.Done(), ctrl.HasSynced), wg.Wait
+}
+
 // informer returns a store of Nodes (all of them, or those the field
 // selector names) kept by a controller the caller runs, and signals sig
 // (without blocking) on every change.
@@ -484,16 +489,9 @@ func (m *Manager) informer(selector string, sig chan<- struct{}) (cache.Store, c
 // most once a minute per Node, and counted once per resourceVersion.
 func (m *Manager) Watch(ctx context.Context, self netip.Addr, fn func([]lease.Lease)) error {
 	sig := make(chan struct{}, 1)
-	store, ctrl := m.informer("", sig)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		ctrl.RunWithContext(ctx)
-	}()
-	defer wg.Wait()
-
-	if !cache.WaitForCacheSync(ctx.Done(), ctrl.HasSynced) {
+	store, synced, wait := m.runInformer(ctx, "", sig)
+	defer wait()
+	if !synced {
 		return nil
 	}
 	w := &watcher{m: m, self: self, fn: fn, nodes: map[string]nodeState{}}
