@@ -158,6 +158,10 @@ type Config struct {
 	// the servers (node b) to AppCPUs[1], with taskset. Nil leaves their
 	// placement to the scheduler.
 	AppCPUs []int
+	// AppCPUsB, when set, is the placement for paths overlay-b and
+	// floor-b instead of AppCPUs: placement A/B'd in one run, with the same
+	// binary or relay flags on both paths.
+	AppCPUsB []int
 	// Repetitions of every path; 0 means 3.
 	Repetitions int
 	// Duration of every test; 0 means 10 s.
@@ -199,13 +203,17 @@ type Config struct {
 // touches the system; the caller should fix its flags.
 var errConfig = errors.New("bad benchmark configuration")
 
-// appCPU is the CPU the clients (side 0) or the servers (side 1) are
-// pinned to, or -1.
-func (c Config) appCPU(side int) int {
-	if c.AppCPUs == nil {
+// appCPU is the CPU the clients (side 0) or the servers (side 1) of path
+// p are pinned to, or -1.
+func (c Config) appCPU(p PathID, side int) int {
+	cpus := c.AppCPUs
+	if c.AppCPUsB != nil && (p == OverlayB || p == FloorB) {
+		cpus = c.AppCPUsB
+	}
+	if cpus == nil {
 		return -1
 	}
-	return c.AppCPUs[side]
+	return cpus[side]
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -244,11 +252,14 @@ func (c Config) withDefaults() (Config, error) {
 	case c.OutDir == "":
 		return c, fmt.Errorf("%w: no output directory", errConfig)
 	}
-	if c.AppCPUs != nil {
-		if len(c.AppCPUs) != 2 {
-			return c, fmt.Errorf("%w: application CPUs %v: want two, the clients' and the servers'", errConfig, c.AppCPUs)
+	for _, cpus := range [][]int{c.AppCPUs, c.AppCPUsB} {
+		if cpus == nil {
+			continue
 		}
-		for _, cpu := range c.AppCPUs {
+		if len(cpus) != 2 {
+			return c, fmt.Errorf("%w: application CPUs %v: want two, the clients' and the servers'", errConfig, cpus)
+		}
+		for _, cpu := range cpus {
 			if cpu < 0 || cpu >= runtime.NumCPU() {
 				return c, fmt.Errorf("%w: application CPU %d not in 0..%d", errConfig, cpu, runtime.NumCPU()-1)
 			}

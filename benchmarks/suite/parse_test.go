@@ -224,6 +224,11 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil || c.Repetitions != 1 || c.Duration != time.Second {
 		t.Errorf("quick: %d reps, %v, %v", c.Repetitions, c.Duration, err)
 	}
+	place := Config{AppCPUs: []int{0, 1}, AppCPUsB: []int{1, 1}}
+	if place.appCPU(Overlay, 1) != 1 || place.appCPU(OverlayB, 0) != 1 || place.appCPU(FloorB, 0) != 1 || place.appCPU(KernelVXLAN, 0) != 0 ||
+		(Config{}).appCPU(Overlay, 0) != -1 || (Config{AppCPUs: []int{1, 0}}).appCPU(OverlayB, 0) != 1 {
+		t.Errorf("appCPU: the B paths must take AppCPUsB when set, every path AppCPUs otherwise, -1 with neither")
+	}
 	for name, bad := range map[string]Config{
 		"no out dir":        {Paths: []PathID{Underlay}},
 		"agent without bin": {OutDir: "x", Paths: []PathID{Overlay}},
@@ -239,6 +244,7 @@ func TestConfigDefaults(t *testing.T) {
 		"one app CPU":       {OutDir: "x", Paths: []PathID{Underlay}, AppCPUs: []int{0}},
 		"app CPU too high":  {OutDir: "x", Paths: []PathID{Underlay}, AppCPUs: []int{0, runtime.NumCPU()}},
 		"app CPU negative":  {OutDir: "x", Paths: []PathID{Underlay}, AppCPUs: []int{-1, 0}},
+		"three B app CPUs":  {OutDir: "x", Paths: []PathID{Underlay}, AppCPUsB: []int{0, 0, 0}},
 	} {
 		if _, err := bad.withDefaults(); !errors.Is(err, errConfig) {
 			t.Errorf("%s: err = %v, want errConfig", name, err)

@@ -226,7 +226,7 @@ func (r *runner) measure(ctx context.Context, p PathID, rep int) (run Repetition
 	if err != nil {
 		return run, fmt.Errorf("%w: %s: %w", errSetup, p, err)
 	}
-	srv, err := startServers(ctx, target, cfg.appCPU(1), dir, undo)
+	srv, err := startServers(ctx, target, cfg.appCPU(p, 1), dir, undo)
 	if err != nil {
 		return run, fmt.Errorf("%w: %s: servers: %w", errSetup, p, err)
 	}
@@ -250,7 +250,7 @@ func (r *runner) measure(ctx context.Context, p PathID, rep int) (run Repetition
 		if err != nil {
 			return run, errors.Join(fmt.Errorf("%s: CPU sample: %w", t.title, err), alive())
 		}
-		vals, terr := t.run(ctx, testEnv{target: target, d: cfg.Duration, cpu: cfg.appCPU(0)})
+		vals, terr := t.run(ctx, testEnv{target: target, d: cfg.Duration, cpu: cfg.appCPU(p, 0)})
 		after, err := sampleCPU(pids)
 		if terr != nil || err != nil {
 			return run, fmt.Errorf("%s: %w", t.title, errors.Join(terr, err, alive()))

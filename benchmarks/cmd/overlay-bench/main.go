@@ -82,6 +82,7 @@ func run(args []string) int {
 		floorArgs  = fs.String("floor-args", "", "extra flags for the floor relay of path floor, space-separated (see overlay-bench floor-relay --help)")
 		floorArgsB = fs.String("floor-b-args", "", "flags for the floor relay of path floor-b, space-separated (adds floor-b to --paths): an A/B comparison of two floor settings")
 		appCPUs    = fs.String("app-cpus", "", "pin the load: CLIENT,SERVER CPUs for iperf3/sockperf clients (node a) and servers (node b), with taskset (default: the scheduler places them)")
+		appCPUsB   = fs.String("app-cpus-b", "", "CLIENT,SERVER CPUs of the load on paths overlay-b and floor-b (default: --app-cpus): a placement A/B with --overlay-b set to the same binary")
 		render     = fs.String("render", "", "measure nothing: re-render results.md and chart.svg from this results.json, in its directory")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -123,16 +124,15 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "overlay-bench: --tests: %v\n", err)
 		return 2
 	}
-	var cpus []int
-	if *appCPUs != "" {
-		for _, f := range strings.Split(*appCPUs, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "overlay-bench: --app-cpus %q: want CLIENT,SERVER CPU numbers\n", *appCPUs)
-				return 2
-			}
-			cpus = append(cpus, n)
-		}
+	cpus, err := parseCPUs(*appCPUs)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "overlay-bench: --app-cpus: %v\n", err)
+		return 2
+	}
+	cpusB, err := parseCPUs(*appCPUsB)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "overlay-bench: --app-cpus-b: %v\n", err)
+		return 2
 	}
 	dir := *out
 	if dir == "" {
@@ -157,6 +157,7 @@ func run(args []string) int {
 		FloorArgs:   strings.Fields(*floorArgs),
 		FloorArgsB:  strings.Fields(*floorArgsB),
 		AppCPUs:     cpus,
+		AppCPUsB:    cpusB,
 		OutDir:      dir,
 		Install:     *install,
 		KeepLogs:    *keepLogs,
@@ -225,4 +226,20 @@ func commandLine(args []string) string {
 		parts = append(parts, a)
 	}
 	return strings.Join(parts, " ")
+}
+
+// parseCPUs parses "CLIENT,SERVER" CPU numbers; "" is nil (no pinning).
+func parseCPUs(s string) ([]int, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var cpus []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return nil, fmt.Errorf("%q: want CLIENT,SERVER CPU numbers", s)
+		}
+		cpus = append(cpus, n)
+	}
+	return cpus, nil
 }
