@@ -134,7 +134,7 @@ func New(opts Options) (*Tunnel, error) {
 	// segments, so its reads need at least that many buffers.
 	t.batch = max(t.batch, t.dev.BatchSize())
 	t.log.Info("tunnel datapath", "device", t.dev.Name(), "mode", t.mode, "gso", t.conn.GSO(), "gro", t.conn.GRO(),
-		"batch", t.batch, "naive", t.naive, "checksum-steering", t.steering(), "mtu", t.mtu, "source-check", t.check, "listen", t.conn.LocalAddr())
+		"batch", t.batch, "naive", t.naive, "checksum-steering", t.steering(), "mtu", t.mtu, "source-check", t.check, "own-poller", isOwnPolled(t.dev) || isOwnPolled(t.conn), "listen", t.conn.LocalAddr())
 	return t, nil
 }
 

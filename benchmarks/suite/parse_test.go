@@ -223,6 +223,10 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil || c.Repetitions != 1 || c.Duration != time.Second {
 		t.Errorf("quick: %d reps, %v, %v", c.Repetitions, c.Duration, err)
 	}
+	c, err = Config{OutDir: "x", Paths: []PathID{Overlay, OverlayB}, OverlayBin: "bin/overlay", OverlayArgsB: []string{"--poller=epoll"}}.withDefaults()
+	if err != nil || c.OverlayBinB != "bin/overlay" {
+		t.Errorf("overlay-b with flags only: binary %q, %v; want the overlay binary", c.OverlayBinB, err)
+	}
 	for name, bad := range map[string]Config{
 		"no out dir":        {Paths: []PathID{Underlay}},
 		"agent without bin": {OutDir: "x", Paths: []PathID{Overlay}},
