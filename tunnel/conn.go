@@ -129,6 +129,12 @@ type UDPOptions struct {
 	// a batch of one, that is the benchmark floor of the tunnel's naive
 	// mode. It implies DisableGSO and DisableGRO.
 	Naive bool
+	// OwnPoller makes every socket wait for readiness (recvmmsg's
+	// readable, sendmmsg's writable after EAGAIN) in an epoll instance of
+	// its own on the calling thread instead of the runtime poller
+	// (epoll_linux.go); the Tunnel then locks its pumps to their OS
+	// threads. Ignored in naive mode.
+	OwnPoller bool
 	// SteerChecksums opens a second receiving socket on the port and has
 	// the kernel steer the datagrams that carry an outer UDP checksum to
 	// it (steer_linux.go), so that a Tunnel trusts their inner checksums

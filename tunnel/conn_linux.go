@@ -70,6 +70,11 @@ type udpConn struct {
 	gso      atomic.Bool
 	log      *slog.Logger
 	once     closeOnce
+	// With the own poller (epoll_linux.go): the closer of the socket
+	// set's waiters, one per receiving socket (in r and rSum) and one
+	// per sending socket (txOwn, used by WriteBatch's goroutine).
+	poll  *closer
+	txOwn []*ownCall
 
 	r    recvState // owned by the goroutine in ReadBatch
 	rSum recvState // owned by the goroutine in readChecksummed
@@ -113,7 +118,7 @@ func ListenUDP(opts UDPOptions) (Conn, error) {
 		network = "udp6"
 	}
 	if opts.Naive {
-		opts.DisableGSO, opts.DisableGRO = true, true
+		opts.DisableGSO, opts.DisableGRO, opts.OwnPoller = true, true, false
 	}
 	c := &udpConn{is6: addr.Addr().Is6(), log: opts.Logger}
 	if c.log == nil {
@@ -174,8 +179,43 @@ func ListenUDP(opts UDPOptions) (Conn, error) {
 		c.rSum.checksummed = true
 	}
 	c.w.init(sys)
+	if opts.OwnPoller {
+		if err := c.ownPoller(); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("tunnel: UDP %v own poller: %w", addr, err)
+		}
+	}
 	return c, nil
 }
+
+// ownPoller makes every socket wait in a waiter of its own instead of the
+// runtime poller (epoll_linux.go).
+func (c *udpConn) ownPoller() error {
+	var err error
+	if c.poll, err = newCloser(); err != nil {
+		return err
+	}
+	w, err := c.poll.add(c.rxRaw, unix.EPOLLIN)
+	if err != nil {
+		return err
+	}
+	c.r.own = newOwnCall(c.r.fn, w)
+	if c.rxSum != nil {
+		if w, err = c.poll.add(c.rxSumRaw, unix.EPOLLIN); err != nil {
+			return err
+		}
+		c.rSum.own = newOwnCall(c.rSum.fn, w)
+	}
+	for _, raw := range c.txRaw {
+		if w, err = c.poll.add(raw, unix.EPOLLOUT); err != nil {
+			return err
+		}
+		c.txOwn = append(c.txOwn, newOwnCall(c.w.fn, w))
+	}
+	return nil
+}
+
+func (c *udpConn) ownPolled() bool { return c.poll != nil }
 
 func setsockopt(raw syscall.RawConn, level, opt, v int) error {
 	var serr error
@@ -212,6 +252,10 @@ func (c *udpConn) LocalAddr() netip.AddrPort { return c.local }
 func (c *udpConn) Close() error {
 	return c.once.do(func() error {
 		var errs []error
+		if c.poll != nil {
+			// Wake the pumps sleeping in the own poller first.
+			errs = append(errs, c.poll.close())
+		}
 		if c.rx != nil {
 			errs = append(errs, c.rx.Close())
 		}
@@ -240,6 +284,7 @@ type recvState struct {
 	got         int
 	errno       unix.Errno
 	fn          func(fd uintptr) bool // r.recv, bound once so calls do not allocate
+	own         *ownCall              // with the own poller: fn through its waiter
 }
 
 // syscall6 is the signature of unix.RawSyscall6 and unix.Syscall6.
@@ -301,7 +346,13 @@ func (c *udpConn) read(raw syscall.RawConn, r *recvState, msgs []ReadMessage) (i
 		r.hdrs[i].Len = 0
 	}
 	r.n, r.got, r.errno = n, 0, 0
-	if err := raw.Read(r.fn); err != nil {
+	var err error
+	if r.own != nil {
+		err = r.own.run(raw)
+	} else {
+		err = raw.Read(r.fn)
+	}
+	if err != nil {
 		return 0, err
 	}
 	if r.errno != 0 {
@@ -487,7 +538,13 @@ func (c *udpConn) writeSocket(s int, msgs []WriteMessage, from int) error {
 		}
 		for h := 0; h < nh; {
 			w.start, w.end, w.sent, w.errno = h, nh, 0, 0
-			if err := c.txRaw[s].Write(w.fn); err != nil {
+			var err error
+			if c.txOwn != nil {
+				err = c.txOwn[s].run(c.txRaw[s])
+			} else {
+				err = c.txRaw[s].Write(w.fn)
+			}
+			if err != nil {
 				return err // closed
 			}
 			if w.errno == 0 {

@@ -147,8 +147,16 @@ func TestConnBatchesOverLoopback(t *testing.T) {
 }
 
 func TestConnDoesNotAllocate(t *testing.T) {
-	a := listen(t, tunnel.UDPOptions{})
-	b := listen(t, tunnel.UDPOptions{})
+	for _, own := range []bool{false, true} {
+		t.Run(map[bool]string{false: "runtime-poller", true: "own-poller"}[own], func(t *testing.T) {
+			testConnDoesNotAllocate(t, tunnel.UDPOptions{OwnPoller: own})
+		})
+	}
+}
+
+func testConnDoesNotAllocate(t *testing.T, opts tunnel.UDPOptions) {
+	a := listen(t, opts)
+	b := listen(t, opts)
 	frames := [][]byte{payload(1400, 0), payload(1400, 1), payload(1400, 2)}
 	wmsgs := []tunnel.WriteMessage{{Frames: frames, Addr: b.LocalAddr(), Flow: 7}}
 	rmsgs := make([]tunnel.ReadMessage, 4)

@@ -121,6 +121,12 @@ type TUNOptions struct {
 	// tunnel's naive mode, the benchmark floor. Otherwise a plain device
 	// makes its calls as the offload driver does (conn_linux.go says why).
 	Naive bool
+	// OwnPoller makes the out pump's packet reads (RawVnet's Read) wait
+	// for the device in an epoll instance of their own on the reading
+	// thread instead of the runtime poller (epoll_linux.go); the Tunnel
+	// then locks its pumps to their OS threads. It needs an offloading
+	// TUN: OpenTUN fails if the device is plain.
+	OwnPoller bool
 	// Logger receives the warning when DriverAuto falls back to plain
 	// mode; nil means slog.Default().
 	Logger *slog.Logger

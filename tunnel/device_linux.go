@@ -80,8 +80,18 @@ func OpenTUN(opts TUNOptions) (Device, Mode, error) {
 	case *offloadTUN:
 		d.mtu = mtu
 		mode = ModeOffload
+		if opts.OwnPoller {
+			if err := d.ownPoller(); err != nil {
+				dev.Close()
+				return nil, 0, fmt.Errorf("tunnel: TUN %s own poller: %w", d.name, err)
+			}
+		}
 	case *plainTUN:
 		d.mtu = mtu
+		if opts.OwnPoller {
+			dev.Close()
+			return nil, 0, errOwnPollerNeedsOffload
+		}
 		if !opts.Naive {
 			d.rawCalls()
 		}
@@ -272,6 +282,11 @@ type offloadTUN struct {
 	rwait  bool
 	readFn func(fd uintptr) bool
 
+	// With the own poller (epoll_linux.go): the closer of the TUN's
+	// waiters, and readVnet's call through its waiter.
+	own  *closer
+	rown *ownCall
+
 	uso bool // the kernel takes GSO_UDP_L4 packets
 
 }
@@ -368,7 +383,12 @@ func (t *offloadTUN) readVnet(buf []byte, wait bool) (int, error) {
 		return 0, errNoOffload
 	}
 	t.rbuf, t.rn, t.rerr, t.rwait = buf, 0, 0, wait
-	err := t.raw.Read(t.readFn)
+	var err error
+	if t.rown != nil {
+		err = t.rown.run(t.raw)
+	} else {
+		err = t.raw.Read(t.readFn)
+	}
 	t.rbuf = nil
 	if err := rawErr(err, t.rerr, "read"); err != nil {
 		return 0, err
@@ -428,7 +448,36 @@ func (t *offloadTUN) Write(bufs [][]byte, offset int) (int, error) {
 func (t *offloadTUN) BatchSize() int { return t.dev.BatchSize() }
 func (t *offloadTUN) MTU() int       { return t.mtu }
 func (t *offloadTUN) Name() string   { return t.name }
-func (t *offloadTUN) Close() error   { return t.dev.Close() }
+
+// Close wakes a readVnet sleeping in the own poller before it closes the
+// device.
+func (t *offloadTUN) Close() error {
+	var perr error
+	if t.own != nil {
+		perr = t.own.close()
+	}
+	return errors.Join(perr, t.dev.Close())
+}
+
+// ownPoller switches readVnet to the own poller (epoll_linux.go).
+func (t *offloadTUN) ownPoller() error {
+	if t.raw == nil {
+		return errNoOffload
+	}
+	c, err := newCloser()
+	if err != nil {
+		return err
+	}
+	w, err := c.add(t.raw, unix.EPOLLIN)
+	if err != nil {
+		c.close()
+		return err
+	}
+	t.own, t.rown = c, newOwnCall(t.readFn, w)
+	return nil
+}
+
+func (t *offloadTUN) ownPolled() bool { return t.rown != nil }
 
 // plainTUN is a TUN without offloads: one packet per read or write system
 // call. rw is a non-blocking *os.File, so Close unblocks a pending Read

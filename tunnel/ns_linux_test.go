@@ -184,6 +184,9 @@ type flavour struct {
 	driver tunnel.Driver
 	naive  bool
 	kernel bool // kernel vxlan, configured like flannel.1
+	// ownPoller: the TUN and the sockets wait in epoll instances of
+	// their own on locked pump threads (epoll_linux.go).
+	ownPoller bool
 }
 
 var (
@@ -191,6 +194,7 @@ var (
 	plainFlavour   = flavour{name: "plain", driver: tunnel.DriverPlain}
 	naiveFlavour   = flavour{name: "naive", driver: tunnel.DriverPlain, naive: true}
 	kernelFlavour  = flavour{name: "kernel", kernel: true}
+	epollFlavour   = flavour{name: "epoll", driver: tunnel.DriverOffload, ownPoller: true}
 )
 
 // startNode brings up one end in ns: a tunnel, or kernel vxlan.
@@ -208,11 +212,11 @@ func startNode(t testing.TB, ns *namespace, cfg nodeConfig, fl flavour) *tunnel.
 	)
 	ns.do(t, func() error {
 		var err error
-		dev, mode, err = tunnel.OpenTUN(tunnel.TUNOptions{Name: devName, MTU: mtu, Driver: fl.driver, Naive: fl.naive})
+		dev, mode, err = tunnel.OpenTUN(tunnel.TUNOptions{Name: devName, MTU: mtu, Driver: fl.driver, Naive: fl.naive, OwnPoller: fl.ownPoller})
 		if err != nil {
 			return err
 		}
-		conn, err = tunnel.ListenUDP(tunnel.UDPOptions{Addr: netip.AddrPortFrom(cfg.underlay, encap.PortLinux), Naive: fl.naive, SteerChecksums: true})
+		conn, err = tunnel.ListenUDP(tunnel.UDPOptions{Addr: netip.AddrPortFrom(cfg.underlay, encap.PortLinux), Naive: fl.naive, SteerChecksums: true, OwnPoller: fl.ownPoller})
 		if err != nil {
 			dev.Close()
 			return err
@@ -379,7 +383,7 @@ func transfer(t testing.TB, from, to *namespace, dst netip.Addr, size int64) tim
 }
 
 func TestNamespaceTunnels(t *testing.T) {
-	for _, fl := range []flavour{offloadFlavour, plainFlavour, naiveFlavour} {
+	for _, fl := range []flavour{offloadFlavour, plainFlavour, naiveFlavour, epollFlavour} {
 		t.Run(fl.name, func(t *testing.T) {
 			a, b := pair(t)
 			ta := startNode(t, a, cfgA, fl)
@@ -397,7 +401,7 @@ func TestNamespaceTunnels(t *testing.T) {
 			if sa.Out.Packets == 0 || sb.In.Packets == 0 || sa.In.Packets == 0 {
 				t.Errorf("counters did not move: A out %d in %d, B in %d", sa.Out.Packets, sa.In.Packets, sb.In.Packets)
 			}
-			if fl == offloadFlavour && (sa.Mode != tunnel.ModeOffload || !sa.GSO || !sb.GRO) {
+			if (fl == offloadFlavour || fl == epollFlavour) && (sa.Mode != tunnel.ModeOffload || !sa.GSO || !sb.GRO) {
 				t.Errorf("offload flavour without offloads: %+v", sa)
 			}
 			// Agents send an outer checksum: with steering, every
@@ -419,7 +423,7 @@ func TestNamespaceTunnels(t *testing.T) {
 // TestNamespaceKernelVXLAN checks wire compatibility: a tunnel and a kernel
 // VTEP set up like flannel.1 carry ICMP and TCP both ways.
 func TestNamespaceKernelVXLAN(t *testing.T) {
-	for _, fl := range []flavour{offloadFlavour, plainFlavour} {
+	for _, fl := range []flavour{offloadFlavour, plainFlavour, epollFlavour} {
 		t.Run(fl.name, func(t *testing.T) {
 			a, b := pair(t)
 			ta := startNode(t, a, cfgA, fl)

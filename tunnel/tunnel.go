@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -133,7 +134,7 @@ func New(opts Options) (*Tunnel, error) {
 	// segments, so its reads need at least that many buffers.
 	t.batch = max(t.batch, t.dev.BatchSize())
 	t.log.Info("tunnel datapath", "device", t.dev.Name(), "mode", t.mode, "gso", t.conn.GSO(), "gro", t.conn.GRO(),
-		"batch", t.batch, "naive", t.naive, "checksum-steering", t.steering(), "mtu", t.mtu, "source-check", t.check, "listen", t.conn.LocalAddr())
+		"batch", t.batch, "naive", t.naive, "checksum-steering", t.steering(), "mtu", t.mtu, "source-check", t.check, "own-poller", isOwnPolled(t.dev) || isOwnPolled(t.conn), "listen", t.conn.LocalAddr())
 	return t, nil
 }
 
@@ -161,14 +162,27 @@ func (t *Tunnel) Run(ctx context.Context) error {
 
 	out := newOutPump(t)
 	in := newInPump(t, t.conn.ReadBatch)
+	// With the own poller (epoll_linux.go) each pump sleeps in an epoll
+	// instance of its own: it must stay on the thread the kernel wakes.
+	lock := isOwnPolled(t.dev) || isOwnPolled(t.conn)
+	pump := func(run func()) func() {
+		return func() {
+			if lock {
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+			}
+			run()
+			t.shutdown()
+		}
+	}
 	var wg sync.WaitGroup
-	wg.Go(func() { out.run(); t.shutdown() })
-	wg.Go(func() { in.run(); t.shutdown() })
+	wg.Go(pump(out.run))
+	wg.Go(pump(in.run))
 	if cr, ok := t.conn.(checksummedReader); ok && cr.steered() {
 		// The datagrams with an outer checksum arrive on a socket of
 		// their own, and get a pump of their own.
 		in2 := newInPump(t, cr.readChecksummed)
-		wg.Go(func() { in2.run(); t.shutdown() })
+		wg.Go(pump(in2.run))
 	}
 	wg.Go(func() {
 		select {
@@ -234,6 +248,15 @@ func (t *Tunnel) Stats() Stats {
 func (t *Tunnel) steering() bool {
 	cr, ok := t.conn.(checksummedReader)
 	return ok && cr.steered()
+}
+
+// ownPolled is implemented by a Device or Conn opened with OwnPoller
+// (epoll_linux.go): the Tunnel then locks each pump to its OS thread.
+type ownPolled interface{ ownPolled() bool }
+
+func isOwnPolled(x any) bool {
+	o, ok := x.(ownPolled)
+	return ok && o.ownPolled()
 }
 
 // isClosedErr reports the errors a closed device or socket returns.

@@ -52,6 +52,7 @@ func Command(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&noGRO, "no-gro", false, "turn UDP GRO off on the receiving socket")
 	fs.BoolVar(&noCoal, "no-coalesce", false, "write every received packet to the TUN alone")
 	fs.BoolVar(&lock, "lock-threads", false, "lock each direction's goroutine to an OS thread")
+	fs.BoolVar(&cfg.Epoll, "epoll", false, "wait for the TUN and the sockets in an epoll instance per direction on its locked OS thread instead of the runtime poller (implies --lock-threads)")
 	fs.BoolVar(&cfg.SendMsg, "sendmsg", false, "send super-packets with one sendmsg each from a socket of the relay's own")
 	fs.BoolVar(&cfg.ZeroCopy, "zerocopy", false, "send super-packets with MSG_ZEROCOPY (implies --sendmsg)")
 	fs.IntVar(&cfg.TxQueueLen, "txqueuelen", 0, "TUN transmit queue length, packets (0: the kernel's, 500)")

@@ -65,6 +65,11 @@ type Config struct {
 	SourcePorts int
 	// LockThreads locks each direction's goroutine to an OS thread.
 	LockThreads bool
+	// Epoll makes each direction wait for the TUN and the sockets in an
+	// epoll instance of its own on its locked OS thread instead of the
+	// runtime poller (tunnel.TUNOptions.OwnPoller, UDPOptions.OwnPoller);
+	// implies LockThreads. The own-poller lever's A/B.
+	Epoll bool
 	// SendMsg sends the super-packets' segmented messages with one
 	// sendmsg each from a socket of the relay's own instead of the
 	// tunnel's sendmmsg; ZeroCopy (which implies SendMsg) adds
@@ -121,7 +126,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ZeroCopy {
 		c.SendMsg = true
 	}
-	if c.CPUOut >= 0 || c.CPUIn >= 0 {
+	if c.CPUOut >= 0 || c.CPUIn >= 0 || c.Epoll {
 		c.LockThreads = true
 	}
 	return c, nil

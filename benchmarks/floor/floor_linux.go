@@ -35,7 +35,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	if err != nil {
 		return err
 	}
-	dev, _, err := tunnel.OpenTUN(tunnel.TUNOptions{Name: cfg.TUN, MTU: cfg.MTU, Driver: tunnel.DriverOffload})
+	dev, _, err := tunnel.OpenTUN(tunnel.TUNOptions{Name: cfg.TUN, MTU: cfg.MTU, Driver: tunnel.DriverOffload, OwnPoller: cfg.Epoll})
 	if err != nil {
 		return err
 	}
@@ -50,7 +50,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 		return errors.New("floor: the TUN has no virtio-net header calls")
 	}
 	conn, err := tunnel.ListenUDP(tunnel.UDPOptions{Addr: cfg.Local, SourcePorts: cfg.SourcePorts,
-		DisableGRO: cfg.NoGRO, SocketBuffer: cfg.SocketBuffer})
+		DisableGRO: cfg.NoGRO, SocketBuffer: cfg.SocketBuffer, OwnPoller: cfg.Epoll})
 	if err != nil {
 		return err
 	}

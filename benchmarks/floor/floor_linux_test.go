@@ -51,7 +51,7 @@ func run(t *testing.T, argv ...string) string {
 // the zero-copy sender of super-packets, and without coalescing.
 func TestFloorKernelVXLAN(t *testing.T) {
 	requireRoot(t)
-	for _, flags := range [][]string{nil, {"--sendmsg"}, {"--zerocopy"}, {"--no-coalesce"}, {"--txqueuelen", "64", "--pace", "50us"}} {
+	for _, flags := range [][]string{nil, {"--sendmsg"}, {"--zerocopy"}, {"--no-coalesce"}, {"--txqueuelen", "64", "--pace", "50us"}, {"--epoll"}} {
 		t.Run(strings.Join(append([]string{"flags"}, flags...), ""), func(t *testing.T) { floorKernelVXLAN(t, flags) })
 	}
 }

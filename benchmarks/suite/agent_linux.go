@@ -169,10 +169,16 @@ func startAgents(ctx context.Context, cfg Config, e *etcdServer, path PathID, wo
 			"--tun-name=" + tunName,
 			"--log-format", "text",
 		}
-		if naive {
+		switch {
+		case naive:
 			argv = append(argv, "--naive")
-		} else if cfg.TUNDriver != "" {
-			argv = append(argv, "--tun-driver="+cfg.TUNDriver)
+		case path == OverlayB:
+			argv = append(argv, cfg.OverlayArgsB...)
+		default:
+			if cfg.TUNDriver != "" {
+				argv = append(argv, "--tun-driver="+cfg.TUNDriver)
+			}
+			argv = append(argv, cfg.OverlayArgs...)
 		}
 		p, err := startProcess("overlay agent ("+mode+", "+n.ns+")", n.ns, filepath.Join(dir, "agent.log"), argv...)
 		if err != nil {

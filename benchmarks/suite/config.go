@@ -20,8 +20,9 @@ const (
 	KernelVXLAN  PathID = "kernel-vxlan"  // flannel.1 as flannel's vxlan backend configures it
 	Overlay      PathID = "overlay"       // overlay up --backend=userspace, default settings
 	OverlayNaive PathID = "overlay-naive" // overlay up --backend=userspace --naive
-	// OverlayB is `overlay up` with default settings from a second binary
-	// (Config.OverlayBinB), to compare two builds of the agent in one run.
+	// OverlayB is `overlay up` from a second binary (Config.OverlayBinB),
+	// or from the same one with other flags (Config.OverlayArgsB), to
+	// compare two builds or two settings of the agent in one run.
 	OverlayB PathID = "overlay-b"
 	// Floor is the benchmark floor (package benchmarks/floor): a relay
 	// with the agent's system-call structure and none of its logic, in
@@ -171,8 +172,13 @@ type Config struct {
 	// OverlayBin is the `overlay` binary (bin/overlay after `make build`).
 	OverlayBin string
 	// OverlayBinB is the agent of path overlay-b: another build of
-	// `overlay`, measured against OverlayBin in the same run.
+	// `overlay`, measured against OverlayBin in the same run. Empty
+	// with OverlayArgsB set means OverlayBin.
 	OverlayBinB string
+	// OverlayArgs are extra flags for `overlay up` on path overlay, and
+	// OverlayArgsB those of path overlay-b: an A/B of two agent settings
+	// (`overlay up --help`, category datapath).
+	OverlayArgs, OverlayArgsB []string
 	// EtcdBin is another etcd server for the agent paths, taking etcd's
 	// own flags. Empty means `<OverlayBin> etcd`, so no etcd need be
 	// installed.
@@ -282,8 +288,11 @@ func (c Config) withDefaults() (Config, error) {
 		if p.Agent() && c.OverlayBin == "" {
 			return c, fmt.Errorf("%w: path %s needs the overlay binary (build it with `make build`, pass --overlay bin/overlay)", errConfig, p)
 		}
+		if p == OverlayB && c.OverlayBinB == "" && len(c.OverlayArgsB) > 0 {
+			c.OverlayBinB = c.OverlayBin
+		}
 		if p == OverlayB && c.OverlayBinB == "" {
-			return c, fmt.Errorf("%w: path %s needs a second overlay binary (--overlay-b)", errConfig, p)
+			return c, fmt.Errorf("%w: path %s needs a second overlay binary (--overlay-b) or its own flags (--overlay-b-args)", errConfig, p)
 		}
 	}
 	return c, nil

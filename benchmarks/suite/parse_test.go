@@ -229,6 +229,10 @@ func TestConfigDefaults(t *testing.T) {
 		(Config{}).appCPU(Overlay, 0) != -1 || (Config{AppCPUs: []int{1, 0}}).appCPU(OverlayB, 0) != 1 {
 		t.Errorf("appCPU: the B paths must take AppCPUsB when set, every path AppCPUs otherwise, -1 with neither")
 	}
+	c, err = Config{OutDir: "x", Paths: []PathID{Overlay, OverlayB}, OverlayBin: "bin/overlay", OverlayArgsB: []string{"--poller=epoll"}}.withDefaults()
+	if err != nil || c.OverlayBinB != "bin/overlay" {
+		t.Errorf("overlay-b with flags only: binary %q, %v; want the overlay binary", c.OverlayBinB, err)
+	}
 	for name, bad := range map[string]Config{
 		"no out dir":        {Paths: []PathID{Underlay}},
 		"agent without bin": {OutDir: "x", Paths: []PathID{Overlay}},

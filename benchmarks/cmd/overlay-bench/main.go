@@ -65,25 +65,27 @@ func run(args []string) int {
 		fs.PrintDefaults()
 	}
 	var (
-		paths      = fs.String("paths", "all", "comma-separated paths to measure: "+pathNames()+", or all")
-		tests      = fs.String("tests", "all", "comma-separated tests to run on every path: "+strings.Join(suite.AllTests, ",")+", or all")
-		probe      = fs.Bool("probe", true, "first measure the platform: a system call, and UDP ping-pong between C and between Go processes")
-		reps       = fs.Int("reps", 3, "repetitions of every path (paths are interleaved within a repetition)")
-		duration   = fs.Duration("duration", 10*time.Second, "duration of every test, whole seconds")
-		quick      = fs.Bool("quick", false, "smoke run: 1 s per test, 1 repetition (overrides --reps and --duration)")
-		overlay    = fs.String("overlay", "bin/overlay", "the overlay binary (make build)")
-		overlayB   = fs.String("overlay-b", "", "a second overlay binary, measured as path overlay-b in the same run (adds it to --paths): an A/B comparison of two builds")
-		etcd       = fs.String("etcd", "", "another etcd server for the agent paths (default: the overlay binary's own etcd command)")
-		tunDriver  = fs.String("tun-driver", "", "--tun-driver for the default overlay path (auto, offload, plain; default: the agent's)")
-		out        = fs.String("out", "", "results directory (default benchmarks/results/<UTC time> in a source tree, else overlay-bench-<UTC time>)")
-		install    = fs.Bool("install", true, "install missing iperf3/sockperf with apt-get")
-		keepLogs   = fs.Bool("keep-logs", false, "copy the logs of the agents, etcd and the servers into <out>/logs")
-		verbose    = fs.Bool("v", false, "log setup and cleanup steps")
-		floorArgs  = fs.String("floor-args", "", "extra flags for the floor relay of path floor, space-separated (see overlay-bench floor-relay --help)")
-		floorArgsB = fs.String("floor-b-args", "", "flags for the floor relay of path floor-b, space-separated (adds floor-b to --paths): an A/B comparison of two floor settings")
-		appCPUs    = fs.String("app-cpus", "", "pin the load: CLIENT,SERVER CPUs for iperf3/sockperf clients (node a) and servers (node b), with taskset (default: the scheduler places them)")
-		appCPUsB   = fs.String("app-cpus-b", "", "CLIENT,SERVER CPUs of the load on paths overlay-b and floor-b (default: --app-cpus): a placement A/B with --overlay-b set to the same binary")
-		render     = fs.String("render", "", "measure nothing: re-render results.md and chart.svg from this results.json, in its directory")
+		paths        = fs.String("paths", "all", "comma-separated paths to measure: "+pathNames()+", or all")
+		tests        = fs.String("tests", "all", "comma-separated tests to run on every path: "+strings.Join(suite.AllTests, ",")+", or all")
+		probe        = fs.Bool("probe", true, "first measure the platform: a system call, and UDP ping-pong between C and between Go processes")
+		reps         = fs.Int("reps", 3, "repetitions of every path (paths are interleaved within a repetition)")
+		duration     = fs.Duration("duration", 10*time.Second, "duration of every test, whole seconds")
+		quick        = fs.Bool("quick", false, "smoke run: 1 s per test, 1 repetition (overrides --reps and --duration)")
+		overlay      = fs.String("overlay", "bin/overlay", "the overlay binary (make build)")
+		overlayB     = fs.String("overlay-b", "", "a second overlay binary, measured as path overlay-b in the same run (adds it to --paths): an A/B comparison of two builds")
+		etcd         = fs.String("etcd", "", "another etcd server for the agent paths (default: the overlay binary's own etcd command)")
+		tunDriver    = fs.String("tun-driver", "", "--tun-driver for the default overlay path (auto, offload, plain; default: the agent's)")
+		out          = fs.String("out", "", "results directory (default benchmarks/results/<UTC time> in a source tree, else overlay-bench-<UTC time>)")
+		install      = fs.Bool("install", true, "install missing iperf3/sockperf with apt-get")
+		keepLogs     = fs.Bool("keep-logs", false, "copy the logs of the agents, etcd and the servers into <out>/logs")
+		verbose      = fs.Bool("v", false, "log setup and cleanup steps")
+		overlayArgs  = fs.String("overlay-args", "", "extra flags for `overlay up` on path overlay, space-separated (see `overlay up --help`)")
+		overlayArgsB = fs.String("overlay-b-args", "", "flags for `overlay up` on path overlay-b, space-separated (adds overlay-b to --paths; its binary is --overlay-b, else --overlay): an A/B comparison of two agent settings")
+		floorArgs    = fs.String("floor-args", "", "extra flags for the floor relay of path floor, space-separated (see overlay-bench floor-relay --help)")
+		floorArgsB   = fs.String("floor-b-args", "", "flags for the floor relay of path floor-b, space-separated (adds floor-b to --paths): an A/B comparison of two floor settings")
+		appCPUs      = fs.String("app-cpus", "", "pin the load: CLIENT,SERVER CPUs for iperf3/sockperf clients (node a) and servers (node b), with taskset (default: the scheduler places them)")
+		appCPUsB     = fs.String("app-cpus-b", "", "CLIENT,SERVER CPUs of the load on paths overlay-b and floor-b (default: --app-cpus): a placement A/B with --overlay-b set to the same binary")
+		render       = fs.String("render", "", "measure nothing: re-render results.md and chart.svg from this results.json, in its directory")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -108,7 +110,7 @@ func run(args []string) int {
 		return 0
 	}
 	spec := *paths
-	if *overlayB != "" {
+	if *overlayB != "" || *overlayArgsB != "" {
 		spec += "," + string(suite.OverlayB)
 	}
 	if *floorArgsB != "" {
@@ -144,26 +146,28 @@ func run(args []string) int {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg := suite.Config{
-		Paths:       ps,
-		Tests:       ts,
-		Probe:       *probe,
-		Repetitions: *reps,
-		Duration:    *duration,
-		Quick:       *quick,
-		OverlayBin:  *overlay,
-		OverlayBinB: *overlayB,
-		EtcdBin:     *etcd,
-		TUNDriver:   *tunDriver,
-		FloorArgs:   strings.Fields(*floorArgs),
-		FloorArgsB:  strings.Fields(*floorArgsB),
-		AppCPUs:     cpus,
-		AppCPUsB:    cpusB,
-		OutDir:      dir,
-		Install:     *install,
-		KeepLogs:    *keepLogs,
-		Command:     commandLine(args),
-		Progress:    os.Stderr,
-		Logger:      logger,
+		Paths:        ps,
+		Tests:        ts,
+		Probe:        *probe,
+		Repetitions:  *reps,
+		Duration:     *duration,
+		Quick:        *quick,
+		OverlayBin:   *overlay,
+		OverlayBinB:  *overlayB,
+		EtcdBin:      *etcd,
+		TUNDriver:    *tunDriver,
+		FloorArgs:    strings.Fields(*floorArgs),
+		FloorArgsB:   strings.Fields(*floorArgsB),
+		OverlayArgs:  strings.Fields(*overlayArgs),
+		OverlayArgsB: strings.Fields(*overlayArgsB),
+		AppCPUs:      cpus,
+		AppCPUsB:     cpusB,
+		OutDir:       dir,
+		Install:      *install,
+		KeepLogs:     *keepLogs,
+		Command:      commandLine(args),
+		Progress:     os.Stderr,
+		Logger:       logger,
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
