@@ -126,9 +126,6 @@ func upFlags() []cli.Flag {
 		&cli.StringFlag{Name: "source-check", Value: "strict", EnvVars: envs("source-check"), Category: catDatapath,
 			Usage: "which received VXLAN frames may enter the pod network: strict (sent from a lease's PublicIP, inner source in that lease's subnet), " +
 				"nat (for NAT between nodes: the sender is the lease with the frame's inner source MAC), or off (any well-formed frame, as kernel VXLAN)"},
-		&cli.StringFlag{Name: "poller", Value: pollerRuntime, EnvVars: envs("poller"), Category: catDatapath,
-			Usage: "how the pumps wait for the TUN and the sockets: runtime (Go's poller) or epoll (an epoll instance per pump on its own locked OS thread; " +
-				"needs the offload TUN; measured in tunnel/BENCHMARKS.md)"},
 		&cli.BoolFlag{Name: "naive", EnvVars: envs("naive"), Category: catDatapath,
 			Usage: "one packet per system call, no offloads: the benchmark floor, not for production"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envs("log-level"), Category: catOps,

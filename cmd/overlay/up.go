@@ -266,7 +266,7 @@ func (a *agent) startDatapath() (err error) {
 	if cfg.naive {
 		driver = tunnel.DriverPlain
 	}
-	dev, mode, err := tunnel.OpenTUN(tunnel.TUNOptions{Name: cfg.tunName, MTU: cfg.mtu, FD: cfg.tunFD, Driver: driver, Naive: cfg.naive, OwnPoller: cfg.ownPoller, Logger: a.log})
+	dev, mode, err := tunnel.OpenTUN(tunnel.TUNOptions{Name: cfg.tunName, MTU: cfg.mtu, FD: cfg.tunFD, Driver: driver, Naive: cfg.naive, Logger: a.log})
 	if err != nil {
 		return fmt.Errorf("open the TUN device: %w", err)
 	}
@@ -289,7 +289,6 @@ func (a *agent) startDatapath() (err error) {
 		Addr:           netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(a.port)),
 		Naive:          cfg.naive,
 		SteerChecksums: true,
-		OwnPoller:      cfg.ownPoller,
 		Logger:         a.log,
 	})
 	if err != nil {

@@ -52,17 +52,10 @@ type upConfig struct {
 	tunDriver   tunnel.Driver
 	sourceCheck tunnel.SourceCheck
 	naive       bool
-	ownPoller   bool   // --poller=epoll
 	healthzAddr string // "" when disabled
 	logLevel    string
 	logFormat   string
 }
-
-// The values of --poller.
-const (
-	pollerRuntime = "runtime" // the Go runtime's poller (the default)
-	pollerEpoll   = "epoll"   // tunnel.TUNOptions.OwnPoller, UDPOptions.OwnPoller
-)
 
 // kubeConfig is the --kube-subnet-mgr part of upConfig: everything checked
 // locally (kubeconfig, net-conf.json, annotation prefix, node name
@@ -204,16 +197,6 @@ func parseUp(c *cli.Context, log *slog.Logger) (*upConfig, error) {
 	}
 	if cfg.naive && cfg.tunDriver == tunnel.DriverOffload {
 		return nil, errors.New("--naive turns offloads off; it cannot be combined with --tun-driver=offload")
-	}
-	switch p := c.String("poller"); p {
-	case pollerRuntime:
-	case pollerEpoll:
-		cfg.ownPoller = true
-		if cfg.naive || cfg.tunDriver == tunnel.DriverPlain {
-			return nil, errors.New("--poller=epoll drives the offload TUN only; it cannot be combined with --naive or --tun-driver=plain")
-		}
-	default:
-		return nil, fmt.Errorf("--poller %q: want %s or %s", p, pollerRuntime, pollerEpoll)
 	}
 
 	if port := c.Int("healthz-port"); port != 0 {

@@ -81,13 +81,6 @@ func TestParseUpDefaultsAndEnv(t *testing.T) {
 	if cfg.etcd.Endpoints[0] != "http://172.30.250.2:2379" || cfg.prefix != "/test/network" || cfg.sourceCheck != tunnel.SourceCheckOff {
 		t.Errorf("single-dash flags: %+v", cfg)
 	}
-	if cfg.ownPoller {
-		t.Error("the own poller is on by default")
-	}
-	t.Setenv("OVERLAY_POLLER", "epoll")
-	if cfg, err = parseArgs(t, "--iface=lo"); err != nil || !cfg.ownPoller {
-		t.Errorf("OVERLAY_POLLER=epoll: own poller %v, %v", cfg != nil && cfg.ownPoller, err)
-	}
 }
 
 func TestParseUpRejects(t *testing.T) {
@@ -117,10 +110,6 @@ func TestParseUpRejects(t *testing.T) {
 		{"driver", []string{"--tun-driver=turbo"}, nil, []string{"turbo"}},
 		{"source check", []string{"--source-check=loose"}, nil, []string{"--source-check", `"loose"`, "strict, nat or off"}},
 		{"naive offload", []string{"--naive", "--tun-driver=offload"}, nil, []string{"--naive"}},
-		{"poller", []string{"--poller=uring"}, nil, []string{"--poller", `"uring"`, "runtime or epoll"}},
-		{"poller from env", nil, map[string]string{"OVERLAY_POLLER": "busy"}, []string{`"busy"`}},
-		{"epoll naive", []string{"--poller=epoll", "--naive"}, nil, []string{"--poller=epoll", "--naive"}},
-		{"epoll plain", []string{"--poller=epoll", "--tun-driver=plain"}, nil, []string{"--tun-driver=plain"}},
 		{"healthz ip", []string{"--healthz-ip=localhost"}, nil, []string{"--healthz-ip"}},
 		{"arguments", []string{"extra"}, nil, []string{"no arguments"}},
 	}
