@@ -54,6 +54,8 @@ func Command(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&lock, "lock-threads", false, "lock each direction's goroutine to an OS thread")
 	fs.BoolVar(&cfg.SendMsg, "sendmsg", false, "send super-packets with one sendmsg each from a socket of the relay's own")
 	fs.BoolVar(&cfg.ZeroCopy, "zerocopy", false, "send super-packets with MSG_ZEROCOPY (implies --sendmsg)")
+	fs.BoolVar(&cfg.URing, "uring", false, "read the TUN through io_uring: one multishot read, a provided-buffer ring")
+	fs.BoolVar(&cfg.URingSingle, "uring-single", false, "read the TUN through io_uring: one single-shot read per slot (implies --uring)")
 	fs.IntVar(&cpuOut, "cpu-out", -1, "pin the TUN-to-UDP thread to this CPU (-1: no)")
 	fs.IntVar(&cpuIn, "cpu-in", -1, "pin the UDP-to-TUN thread to this CPU (-1: no)")
 	if err := fs.Parse(args); err != nil {
