@@ -151,6 +151,7 @@ const (
 	uringOffSQEs   = 0x10000000
 
 	uringRegisterFiles    = 2
+	uringUnregisterFiles  = 3
 	uringRegisterPbufRing = 22
 
 	uringCancelAll = 1 << 0
@@ -561,7 +562,8 @@ func (r *TUNRing) Close() error {
 }
 
 // Free cancels the queued reads, waits (at most a second) for their
-// completions, and releases the ring and the slots. The reading
+// completions, and releases the ring, its reference to the TUN, and the
+// slots. The reading
 // goroutine calls it, once it no longer reads.
 func (r *TUNRing) Free() {
 	if r.freed {
@@ -595,6 +597,12 @@ func (r *TUNRing) free() {
 	}
 	r.freed = true
 	if r.fd >= 0 {
+		// The ring's own reference to the TUN goes now, with no request
+		// left that holds it: closing the ring would drop it only from
+		// the ring's asynchronous exit work, and the TUN would outlive
+		// its process for a moment (a relay started next with the same
+		// TUN name would find the old device).
+		unix.Syscall6(unix.SYS_IO_URING_REGISTER, uintptr(r.fd), uringUnregisterFiles, 0, 0, 0, 0)
 		unix.Close(r.fd)
 		r.fd = -1
 	}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"overlay/encap"
 	"overlay/routes"
 	"overlay/tunnel"
@@ -173,4 +175,14 @@ func testTUNRing(t *testing.T, multi bool) {
 	if _, _, err := ring.Read(false); !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("Read after Free: %v, want os.ErrClosed", err)
 	}
+	// Free gives up the ring's reference to the TUN: once the device is
+	// closed too, the link is gone at once, not after the ring's
+	// asynchronous teardown.
+	dev.Close()
+	ns.do(t, func() error {
+		if l, err := netlink.LinkByName(devName); err == nil {
+			return fmt.Errorf("TUN %s (index %d) still exists after Free and Close", devName, l.Attrs().Index)
+		}
+		return nil
+	})
 }
