@@ -57,6 +57,8 @@ func Command(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.ZeroCopy, "zerocopy", false, "send super-packets with MSG_ZEROCOPY (implies --sendmsg)")
 	fs.IntVar(&cfg.TxQueueLen, "txqueuelen", 0, "TUN transmit queue length, packets (0: the kernel's, 500)")
 	fs.DurationVar(&cfg.Pace, "pace", 0, "sleep this long after every TUN batch that filled --batch (0: never)")
+	fs.BoolVar(&cfg.URing, "uring", false, "read the TUN through io_uring: one multishot read, a provided-buffer ring")
+	fs.BoolVar(&cfg.URingSingle, "uring-single", false, "read the TUN through io_uring: one single-shot read per slot (implies --uring)")
 	fs.IntVar(&cpuOut, "cpu-out", -1, "pin the TUN-to-UDP thread to this CPU (-1: no)")
 	fs.IntVar(&cpuIn, "cpu-in", -1, "pin the UDP-to-TUN thread to this CPU (-1: no)")
 	if err := fs.Parse(args); err != nil {

@@ -83,6 +83,12 @@ type Config struct {
 	// batch that filled Batch: a flooding sender's relay then leaves the
 	// CPUs to the receiver, and the TUN queue drops what it cannot hold.
 	Pace time.Duration
+	// URing reads the TUN through an io_uring ring (tunnel.TUNRing) on the
+	// out goroutine's locked thread, one multishot read with a
+	// provided-buffer ring, Batch+32 slots; with URingSingle (which
+	// implies URing), one single-shot read per slot instead. The
+	// io_uring lever's A/B.
+	URing, URingSingle bool
 	// CPUOut and CPUIn, when >= 0, pin the out and in goroutines' threads
 	// to that CPU (implies LockThreads). -1 leaves them to the scheduler.
 	CPUOut, CPUIn int
@@ -125,6 +131,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ZeroCopy {
 		c.SendMsg = true
+	}
+	if c.URingSingle {
+		c.URing = true
 	}
 	if c.CPUOut >= 0 || c.CPUIn >= 0 || c.Epoll {
 		c.LockThreads = true

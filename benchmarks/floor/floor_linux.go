@@ -55,9 +55,6 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 		return err
 	}
 	defer conn.Close()
-	if ready != nil {
-		ready()
-	}
 	var hdr4, hdr6 [encap.Headroom]byte
 	for _, h := range []struct {
 		b *[encap.Headroom]byte
@@ -85,18 +82,47 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}
 	i := &in{cfg: cfg, conn: conn, vio: vio, co: tunnel.NewCoalescer(vio)}
 	errc := make(chan error, 2)
-	go func() { errc <- pinned(cfg.LockThreads, cfg.CPUOut, o.run) }()
+	var ring *tunnel.TUNRing
+	if cfg.URing {
+		// The ring is set up on the out goroutine's locked thread, which
+		// alone may then use it (tunnel.TUNRing).
+		rc := make(chan *tunnel.TUNRing, 1)
+		go func() {
+			errc <- pinned(true, cfg.CPUOut, func() error {
+				r, err := tunnel.NewTUNRing(dev, tunnel.TUNRingOptions{Slots: cfg.Batch + 32,
+					Headroom: encap.Headroom - tunnel.VnetHdrLen, Multishot: !cfg.URingSingle})
+				rc <- r
+				if err != nil {
+					return err
+				}
+				return o.runRing(r)
+			})
+		}()
+		if ring = <-rc; ring == nil {
+			return <-errc
+		}
+	} else {
+		go func() { errc <- pinned(cfg.LockThreads, cfg.CPUOut, o.run) }()
+	}
+	if ready != nil {
+		ready()
+	}
 	go func() { errc <- pinned(cfg.LockThreads, cfg.CPUIn, i.run) }()
-	select {
-	case <-ctx.Done():
+	stop := func() {
+		if ring != nil {
+			ring.Close()
+		}
 		dev.Close()
 		conn.Close()
+	}
+	select {
+	case <-ctx.Done():
+		stop()
 		<-errc
 		<-errc
 		return nil
 	case err := <-errc:
-		dev.Close()
-		conn.Close()
+		stop()
 		<-errc
 		return err
 	}
@@ -136,12 +162,7 @@ func (o *out) run() error {
 	hdrs := make([]byte, maxSegs*segStride)
 	frames := make([][]byte, 0, o.cfg.Batch+2*maxSegs)
 	msgs := make([]tunnel.WriteMessage, 0, 2+maxSegs)
-	peer := o.cfg.Peer
-	pause := false // the last batch filled cfg.Batch: sleep cfg.Pace once it is sent
 	for {
-		if pause {
-			time.Sleep(o.cfg.Pace)
-		}
 		frames, msgs = frames[:0], msgs[:0]
 		off, n := 0, 0
 		var super []byte // the batch's super-packet, with its header
@@ -181,39 +202,111 @@ func (o *out) run() error {
 			frames = append(frames, frame)
 			off = (off + encap.Headroom + len(pkt) + 7) &^ 7
 		}
-		pause = n == o.cfg.Batch && o.cfg.Pace > 0
-		if len(frames) > 0 {
-			msgs = append(msgs, tunnel.WriteMessage{Frames: frames, Addr: peer, Flow: flow})
-		}
-		if super != nil {
-			msgs = o.segment(msgs, frames[len(frames):], hdrs, super)
-		}
-		if o.ms != nil && super != nil {
-			// The super-packet's messages follow the batch's others.
-			k := len(msgs)
-			for k > 0 && msgs[k-1].Segment > 0 {
-				k--
-			}
-			if k > 0 {
-				if err := o.conn.WriteBatch(msgs[:k]); err != nil && closed(err) {
-					return nil
-				}
-			}
-			for j := k; j < len(msgs); j++ {
-				o.ms.send(&msgs[j])
-			}
-			msgs = msgs[:0]
-		}
-		if len(msgs) == 0 {
-			continue
-		}
-		if err := o.conn.WriteBatch(msgs); err != nil && closed(err) {
+		if !o.send(frames, msgs, hdrs, super, flow) {
 			return nil
 		}
-		for i := range msgs {
-			msgs[i].Frames = nil
+		if n == o.cfg.Batch && o.cfg.Pace > 0 {
+			time.Sleep(o.cfg.Pace)
 		}
 	}
+}
+
+// runRing is run with Config.URing: the TUN is read through the io_uring
+// ring r, one slot per packet (its header written into the slot's
+// headroom), and the batch's slots go back to the ring once it is sent.
+// It frees r when it returns.
+func (o *out) runRing(r *tunnel.TUNRing) error {
+	defer r.Free()
+	hdrs := make([]byte, maxSegs*segStride)
+	frames := make([][]byte, 0, o.cfg.Batch+2*maxSegs)
+	msgs := make([]tunnel.WriteMessage, 0, 2+maxSegs)
+	held := make([]int, 0, o.cfg.Batch)
+	const at = encap.Headroom - tunnel.VnetHdrLen
+	for {
+		frames, msgs, held = frames[:0], msgs[:0], held[:0]
+		var super []byte
+		var flow uint32
+		for len(held) < o.cfg.Batch {
+			slot, k, err := r.Read(len(held) == 0)
+			if err != nil {
+				if len(held) > 0 {
+					break
+				}
+				if closed(err) {
+					return nil
+				}
+				continue
+			}
+			if k == 0 {
+				break
+			}
+			held = append(held, slot)
+			if k <= tunnel.VnetHdrLen {
+				continue
+			}
+			s := r.Slot(slot)
+			buf := s[at : at+k]
+			vnet, pkt := buf[:tunnel.VnetHdrLen], buf[tunnel.VnetHdrLen:]
+			if tunnel.IsGSO(vnet) {
+				super = buf
+				break
+			}
+			if !tunnel.CompleteChecksum(vnet, pkt) {
+				continue
+			}
+			if len(frames) == 0 {
+				flow = encap.FlowHash(pkt)
+			}
+			frame := s[:encap.Headroom+len(pkt)]
+			o.header(frame, pkt[0])
+			frames = append(frames, frame)
+		}
+		ok := o.send(frames, msgs, hdrs, super, flow)
+		for _, slot := range held {
+			r.Release(slot)
+		}
+		if !ok {
+			return nil
+		}
+	}
+}
+
+// send sends one batch: frames, small packets with their headers, and the
+// super-packet super (its virtio-net header, then the packet) if not nil,
+// with msgs as room for the messages. It reports false once the socket is
+// closed.
+func (o *out) send(frames [][]byte, msgs []tunnel.WriteMessage, hdrs, super []byte, flow uint32) bool {
+	peer := o.cfg.Peer
+	if len(frames) > 0 {
+		msgs = append(msgs, tunnel.WriteMessage{Frames: frames, Addr: peer, Flow: flow})
+	}
+	if super != nil {
+		msgs = o.segment(msgs, frames[len(frames):], hdrs, super)
+	}
+	if o.ms != nil && super != nil {
+		// The super-packet's messages follow the batch's others.
+		k := len(msgs)
+		for k > 0 && msgs[k-1].Segment > 0 {
+			k--
+		}
+		if k > 0 {
+			if err := o.conn.WriteBatch(msgs[:k]); err != nil && closed(err) {
+				return false
+			}
+		}
+		for j := k; j < len(msgs); j++ {
+			o.ms.send(&msgs[j])
+		}
+		msgs = msgs[:0]
+	}
+	if len(msgs) == 0 {
+		return true
+	}
+	err := o.conn.WriteBatch(msgs)
+	for i := range msgs {
+		msgs[i].Frames = nil
+	}
+	return err == nil || !closed(err)
 }
 
 func (o *out) header(frame []byte, v byte) {

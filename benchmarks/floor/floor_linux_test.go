@@ -48,10 +48,12 @@ func run(t *testing.T, argv ...string) string {
 // wire: a relay in node a and a kernel VTEP configured as flannel.1 in node
 // b carry pings of small and MTU-sized packets both ways, and TCP both
 // ways (the relay's TSO segmentation out, its coalescing in); also with
-// the zero-copy sender of super-packets, and without coalescing.
+// the zero-copy sender of super-packets, without coalescing, and with the
+// TUN read through io_uring (multishot and single-shot); the relay stops
+// at SIGTERM, with status 0.
 func TestFloorKernelVXLAN(t *testing.T) {
 	requireRoot(t)
-	for _, flags := range [][]string{nil, {"--sendmsg"}, {"--zerocopy"}, {"--no-coalesce"}, {"--txqueuelen", "64", "--pace", "50us"}, {"--epoll"}} {
+	for _, flags := range [][]string{nil, {"--sendmsg"}, {"--zerocopy"}, {"--no-coalesce"}, {"--txqueuelen", "64", "--pace", "50us"}, {"--epoll"}, {"--uring"}, {"--uring-single"}} {
 		t.Run(strings.Join(append([]string{"flags"}, flags...), ""), func(t *testing.T) { floorKernelVXLAN(t, flags) })
 	}
 }
@@ -112,11 +114,15 @@ func floorKernelVXLAN(t *testing.T, flags []string) {
 	}
 	t.Cleanup(func() {
 		relay.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { relay.Wait(); close(done) }()
+		done := make(chan error, 1)
+		go func() { done <- relay.Wait() }()
 		select {
-		case <-done:
+		case err := <-done:
+			if err != nil {
+				t.Errorf("relay after SIGTERM: %v, want exit status 0", err)
+			}
 		case <-time.After(5 * time.Second):
+			t.Error("relay still running 5 s after SIGTERM")
 			relay.Process.Kill()
 			<-done
 		}
